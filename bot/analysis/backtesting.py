@@ -1,0 +1,480 @@
+"""The batch backtester (strategy.md sections 3-6), with the notebook's signature.
+
+`backtest(df, token_1, token_2, dp_1, dp_2, ...)` runs the signal state machine of
+:mod:`bot.analysis.signals` over every tick of `df` in one compiled loop, with the
+sizing/fill/fee/funding helpers of :mod:`bot.analysis.fills`, and returns one row
+per closed trade. :class:`StreamingBacktest` runs the very same functions tick by
+tick (the parity test proves identical trades).
+
+`df` is the notebook's frame: `ts` (epoch s) or `time`, per token T the columns
+`T_bid_price`, `T_ask_price` (quote ticks) and `z_score`; optionally `beta` (for
+beta_neutral). Bars-only frames (no bid/ask columns, the bar close in column `T`)
+get synthetic quotes: bid = close (1 - half_spread), ask = close (1 + half_spread).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+from numba import njit
+
+from bot.analysis.fills import QTY_METHODS, funding_paid, leg_notionals, round_qty, step_decimals
+from bot.analysis.signals import (
+    ACT_CLOSE,
+    ACT_NONE,
+    S_POS,
+    STATE_SIZE,
+    SignalParams,
+    machine_closed,
+    machine_open_skipped,
+    machine_opened,
+    machine_step,
+)
+
+# sizing vector slots
+Z_BALANCE, Z_ORDER, Z_MIN_ORDER, Z_LEV, Z_QTYM, Z_STD1, Z_STD2, Z_FEE = range(8)
+Z_STEP1, Z_DEC1, Z_STEP2, Z_DEC2, Z_MINQ1, Z_MINQ2, Z_MINN1, Z_MINN2 = range(8, 16)
+SIZING_SIZE = 16
+
+# trade record columns (internal)
+TRADE_COLS = (
+    "open_ts", "close_ts", "qty_1", "qty_2", "open_price_1", "close_price_1", "open_price_2",
+    "close_price_2", "pos_side", "fees", "profit_1", "profit_2", "total_profit", "reason",
+    "open_z", "close_z", "funding_1", "funding_2", "fees_1", "fees_2", "balance",
+)
+NTC = len(TRADE_COLS)
+T_OPEN_TS, T_CLOSE_TS, T_Q1, T_Q2, T_OP1, T_CP1, T_OP2, T_CP2, T_SIDE, T_FEES = range(10)
+T_P1, T_P2, T_TOT, T_REASON, T_OZ, T_CZ, T_F1, T_F2, T_FEE1, T_FEE2, T_BAL = range(10, 21)
+
+
+@dataclass(frozen=True)
+class SizingParams:
+    balance: float = 100.0
+    order_size: float = 50.0
+    min_order_size: float = 0.0
+    leverage: float = 2.0
+    qty_method: str = "usdt_neutral"
+    std_1: float = 1.0
+    std_2: float = 1.0
+    fee_rate: float = 0.001
+    qty_step_1: float = 1.0
+    qty_step_2: float = 1.0
+    min_qty_1: float | None = None
+    min_qty_2: float | None = None
+    min_notional_1: float = 0.0
+    min_notional_2: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.qty_method not in QTY_METHODS:
+            raise ValueError(f"qty_method: must be one of {list(QTY_METHODS)} (got {self.qty_method!r})")
+        for name in ("balance", "order_size", "leverage"):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
+                raise ValueError(f"{name}: must be a positive number (got {v!r})")
+        if not (self.fee_rate >= 0):
+            raise ValueError(f"fee_rate: must be >= 0 (got {self.fee_rate})")
+        if self.qty_method == "vol_neutral" and not (self.std_1 > 0 and self.std_2 > 0):
+            raise ValueError(f"std_1, std_2: must be positive for vol_neutral (got {self.std_1}, {self.std_2})")
+        step_decimals(self.qty_step_1)
+        step_decimals(self.qty_step_2)
+
+    def to_array(self) -> np.ndarray:
+        z = np.empty(SIZING_SIZE)
+        z[Z_BALANCE] = self.balance
+        z[Z_ORDER] = self.order_size
+        z[Z_MIN_ORDER] = self.min_order_size
+        z[Z_LEV] = self.leverage
+        z[Z_QTYM] = QTY_METHODS[self.qty_method]
+        z[Z_STD1] = self.std_1
+        z[Z_STD2] = self.std_2
+        z[Z_FEE] = self.fee_rate
+        z[Z_STEP1] = self.qty_step_1
+        z[Z_DEC1] = step_decimals(self.qty_step_1)
+        z[Z_STEP2] = self.qty_step_2
+        z[Z_DEC2] = step_decimals(self.qty_step_2)
+        z[Z_MINQ1] = self.qty_step_1 if self.min_qty_1 is None else self.min_qty_1
+        z[Z_MINQ2] = self.qty_step_2 if self.min_qty_2 is None else self.min_qty_2
+        z[Z_MINN1] = self.min_notional_1
+        z[Z_MINN2] = self.min_notional_2
+        return z
+
+
+@njit(cache=True)
+def try_open(
+    rec: np.ndarray, sz: np.ndarray, balance: float, side: int, ts: float, z: float,
+    bid1: float, ask1: float, bid2: float, ask2: float, beta: float,
+) -> bool:
+    """Size and fill an entry into `rec` (one trade row); False if sizing refuses it."""
+    margin = min(sz[Z_ORDER], balance / 2.0)
+    if margin <= 0.0 or margin < sz[Z_MIN_ORDER]:
+        return False
+    n1, n2 = leg_notionals(margin, sz[Z_LEV], int(sz[Z_QTYM]), sz[Z_STD1], sz[Z_STD2], beta)
+    if side == 1:
+        px1 = ask1
+        px2 = bid2
+    else:
+        px1 = bid1
+        px2 = ask2
+    q1 = round_qty(n1, px1, sz[Z_STEP1], int(sz[Z_DEC1]))
+    q2 = round_qty(n2, px2, sz[Z_STEP2], int(sz[Z_DEC2]))
+    if q1 < sz[Z_MINQ1] - 1e-12 or q2 < sz[Z_MINQ2] - 1e-12 or q1 <= 0.0 or q2 <= 0.0:
+        return False
+    if q1 * px1 < sz[Z_MINN1] or q2 * px2 < sz[Z_MINN2]:
+        return False
+    rec[:] = np.nan
+    rec[T_OPEN_TS] = ts
+    rec[T_Q1] = q1
+    rec[T_Q2] = q2
+    rec[T_OP1] = px1
+    rec[T_OP2] = px2
+    rec[T_SIDE] = side
+    rec[T_OZ] = z
+    return True
+
+
+@njit(cache=True)
+def finish_close(
+    rec: np.ndarray, sz: np.ndarray, balance: float, ts: float, z: float, reason: int,
+    bid1: float, ask1: float, bid2: float, ask2: float, fund1: float, fund2: float,
+) -> float:
+    """Fill the close of the open trade `rec`, compute fees and PnL; returns the new balance."""
+    side = rec[T_SIDE]
+    if side == 1.0:
+        cp1 = bid1
+        cp2 = ask2
+        s1 = 1.0
+    else:
+        cp1 = ask1
+        cp2 = bid2
+        s1 = -1.0
+    fee = sz[Z_FEE]
+    q1 = rec[T_Q1]
+    q2 = rec[T_Q2]
+    fees1 = fee * rec[T_OP1] * q1 + fee * cp1 * q1
+    fees2 = fee * rec[T_OP2] * q2 + fee * cp2 * q2
+    p1 = s1 * (cp1 - rec[T_OP1]) * q1 - fees1 + fund1
+    p2 = -s1 * (cp2 - rec[T_OP2]) * q2 - fees2 + fund2
+    rec[T_CLOSE_TS] = ts
+    rec[T_CP1] = cp1
+    rec[T_CP2] = cp2
+    rec[T_FEE1] = fees1
+    rec[T_FEE2] = fees2
+    rec[T_FEES] = fees1 + fees2
+    rec[T_F1] = fund1
+    rec[T_F2] = fund2
+    rec[T_P1] = p1
+    rec[T_P2] = p2
+    rec[T_TOT] = p1 + p2
+    rec[T_REASON] = reason
+    rec[T_CZ] = z
+    rec[T_BAL] = balance + p1 + p2
+    return balance + p1 + p2
+
+
+@njit(cache=True)
+def _fillable(b1: float, a1: float, b2: float, a2: float) -> bool:
+    return b1 > 0.0 and a1 > 0.0 and b2 > 0.0 and a2 > 0.0 and math.isfinite(b1 + a1 + b2 + a2)
+
+
+@njit(cache=True)
+def _run(
+    ts: np.ndarray, z: np.ndarray, bid1: np.ndarray, ask1: np.ndarray, bid2: np.ndarray,
+    ask2: np.ndarray, beta: np.ndarray, p: np.ndarray, sz: np.ndarray, force_close: bool,
+    f1_ts: np.ndarray, f1_rate: np.ndarray, f2_ts: np.ndarray, f2_rate: np.ndarray,
+) -> tuple[np.ndarray, int]:
+    n = ts.shape[0]
+    st = np.zeros(STATE_SIZE)
+    st[6] = np.nan  # S_ADV
+    st[12] = np.nan  # S_LAST_Z
+    cap = 64
+    out = np.empty((cap, NTC))
+    ntr = 0
+    cur = np.empty(NTC)
+    balance = sz[Z_BALANCE]
+    skipped = 0
+    has_funding = f1_ts.shape[0] > 0 or f2_ts.shape[0] > 0
+    mid1 = np.empty(0)
+    mid2 = np.empty(0)
+    if has_funding:
+        mid1 = (bid1 + ask1) * 0.5
+        mid2 = (bid2 + ask2) * 0.5
+    for i in range(n):
+        b1 = bid1[i]
+        a1 = ask1[i]
+        b2 = bid2[i]
+        a2 = ask2[i]
+        act = machine_step(st, p, ts[i], z[i], _fillable(b1, a1, b2, a2))
+        if act == ACT_NONE:
+            continue
+        if act == ACT_CLOSE:
+            zc = z[i] if z[i] == z[i] else st[11]
+            f1 = 0.0
+            f2 = 0.0
+            if has_funding:
+                s = 1.0 if cur[T_SIDE] == 1.0 else -1.0
+                f1 = funding_paid(cur[T_OPEN_TS], ts[i], s, cur[T_Q1], f1_ts, f1_rate, ts, mid1)
+                f2 = funding_paid(cur[T_OPEN_TS], ts[i], -s, cur[T_Q2], f2_ts, f2_rate, ts, mid2)
+            reason = machine_closed(st, p)
+            balance = finish_close(cur, sz, balance, ts[i], zc, reason, b1, a1, b2, a2, f1, f2)
+            if ntr == cap:
+                cap *= 2
+                bigger = np.empty((cap, NTC))
+                bigger[:ntr] = out[:ntr]
+                out = bigger
+            out[ntr] = cur
+            ntr += 1
+        else:
+            zo = z[i] if z[i] == z[i] else st[11]
+            if try_open(cur, sz, balance, act, ts[i], zo, b1, a1, b2, a2, beta[i]):
+                machine_opened(st, z[i])
+            else:
+                machine_open_skipped(st)
+                skipped += 1
+    if force_close and st[S_POS] != 0.0:
+        j = n - 1
+        while j >= 0 and not _fillable(bid1[j], ask1[j], bid2[j], ask2[j]):
+            j -= 1
+        if j >= 0:
+            st[10] = 3.0  # S_REASON: force close
+            f1 = 0.0
+            f2 = 0.0
+            if has_funding:
+                s = 1.0 if cur[T_SIDE] == 1.0 else -1.0
+                f1 = funding_paid(cur[T_OPEN_TS], ts[j], s, cur[T_Q1], f1_ts, f1_rate, ts, mid1)
+                f2 = funding_paid(cur[T_OPEN_TS], ts[j], -s, cur[T_Q2], f2_ts, f2_rate, ts, mid2)
+            machine_closed(st, p)
+            zc = z[j] if z[j] == z[j] else st[12]
+            balance = finish_close(cur, sz, balance, ts[j], zc, 3, bid1[j], ask1[j], bid2[j], ask2[j], f1, f2)
+            if ntr == cap:
+                cap *= 2
+                bigger = np.empty((cap, NTC))
+                bigger[:ntr] = out[:ntr]
+                out = bigger
+            out[ntr] = cur
+            ntr += 1
+    return out[:ntr].copy(), skipped
+
+
+@dataclass
+class BacktestResult:
+    trades: pl.DataFrame
+    skipped_entries: int
+    final_balance: float
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def trades_frame(rows: np.ndarray) -> pl.DataFrame:
+    """Polars trades frame (strategy.md section 6) from the internal record array."""
+    data: dict[str, Any] = {name: rows[:, k] for k, name in enumerate(TRADE_COLS)}
+    frame = pl.DataFrame(data, schema={name: pl.Float64 for name in TRADE_COLS})
+    return frame.with_columns(
+        pl.col("pos_side").cast(pl.Int8),
+        pl.col("reason").cast(pl.Int8),
+        pl.from_epoch((pl.col("open_ts") * 1_000_000).cast(pl.Int64), time_unit="us")
+        .dt.replace_time_zone("UTC").alias("open_time"),
+        pl.from_epoch((pl.col("close_ts") * 1_000_000).cast(pl.Int64), time_unit="us")
+        .dt.replace_time_zone("UTC").alias("close_time"),
+    ).select(
+        "open_time", "close_time", "open_ts", "close_ts", "qty_1", "qty_2", "open_price_1",
+        "close_price_1", "open_price_2", "close_price_2", "pos_side", "fees", "profit_1",
+        "profit_2", "total_profit", "reason", "open_z", "close_z", "funding_1", "funding_2",
+        "fees_1", "fees_2", "balance",
+    )
+
+
+def _col(df: pl.DataFrame, name: str) -> np.ndarray:
+    return df.get_column(name).cast(pl.Float64).fill_null(np.nan).to_numpy()
+
+
+@dataclass(frozen=True)
+class TickArrays:
+    ts: np.ndarray
+    z: np.ndarray
+    bid_1: np.ndarray
+    ask_1: np.ndarray
+    bid_2: np.ndarray
+    ask_2: np.ndarray
+    beta: np.ndarray
+
+
+def tick_arrays(df: pl.DataFrame, token_1: str, token_2: str, half_spread: float = 1e-4,
+                z_col: str = "z_score", beta_col: str = "beta") -> TickArrays:
+    """Extract contiguous float64 arrays from the notebook's frame (or a bars-only frame)."""
+    if z_col not in df.columns:
+        raise ValueError(f"df: missing column {z_col!r} (have {df.columns[:12]})")
+    if "ts" in df.columns:
+        ts = _col(df, "ts")
+    elif "time" in df.columns:
+        ts = df.get_column("time").dt.epoch("us").cast(pl.Float64).to_numpy() / 1e6
+    else:
+        raise ValueError("df: needs a 'ts' (epoch seconds) or 'time' column")
+    if ts.size > 1 and np.any(np.diff(ts) < 0):
+        raise ValueError("df: ticks must be sorted by ts")
+    legs = []
+    for tok in (token_1, token_2):
+        bid, ask = f"{tok}_bid_price", f"{tok}_ask_price"
+        if bid in df.columns and ask in df.columns:
+            legs.append((_col(df, bid), _col(df, ask)))
+        elif tok in df.columns:
+            close = _col(df, tok)
+            legs.append((close * (1.0 - half_spread), close * (1.0 + half_spread)))
+        else:
+            raise ValueError(f"df: no prices for {tok!r}: need {bid!r}/{ask!r} or the bar close {tok!r}")
+    beta = _col(df, beta_col) if beta_col in df.columns else np.full(ts.size, np.nan)
+    return TickArrays(ts, _col(df, z_col), legs[0][0], legs[0][1], legs[1][0], legs[1][1], beta)
+
+
+def _funding_arrays(funding: Any, token: str) -> tuple[np.ndarray, np.ndarray]:
+    empty = (np.empty(0), np.empty(0))
+    if funding is None:
+        return empty
+    if isinstance(funding, dict):
+        got = funding.get(token)
+        if got is None:
+            return empty
+        if isinstance(got, pl.DataFrame):
+            f = got
+        else:
+            t, r = got
+            return np.asarray(t, dtype=np.float64), np.asarray(r, dtype=np.float64)
+    else:
+        f = funding.filter(pl.col("token") == token)
+    f = f.sort("ts")
+    return _col(f, "ts"), _col(f, "rate")
+
+
+def run_backtest(
+    ticks: TickArrays, signal: SignalParams, sizing: SizingParams, force_close: bool = False,
+    funding: Any = None, token_1: str = "", token_2: str = "",
+) -> BacktestResult:
+    """Run the compiled loop over prepared arrays (used by sweeps to reuse z-scores)."""
+    f1 = _funding_arrays(funding, token_1)
+    f2 = _funding_arrays(funding, token_2)
+    rows, skipped = _run(
+        ticks.ts, ticks.z, ticks.bid_1, ticks.ask_1, ticks.bid_2, ticks.ask_2, ticks.beta,
+        signal.to_array(), sizing.to_array(), bool(force_close), f1[0], f1[1], f2[0], f2[1],
+    )
+    bal = float(rows[-1, T_BAL]) if rows.shape[0] else float(sizing.balance)
+    return BacktestResult(trades_frame(rows), int(skipped), bal)
+
+
+def backtest(
+    df: pl.DataFrame,
+    token_1: str,
+    token_2: str,
+    dp_1: float,
+    dp_2: float,
+    thresh_low_in: float = -2.0,
+    thresh_low_out: float = -0.5,
+    thresh_high_in: float = 2.0,
+    thresh_high_out: float = 0.5,
+    long_possible: bool = True,
+    short_possible: bool = True,
+    balance: float = 100.0,
+    order_size: float = 50.0,
+    qty_method: str = "usdt_neutral",
+    std_1: float = 1.0,
+    std_2: float = 1.0,
+    fee_rate: float = 0.001,
+    sl_std: float | None = None,
+    sl_dist: float | None = None,
+    sl_method: str = "leave",
+    sl_seconds: float = 0.0,
+    open_method: str = "direct",
+    close_method: str = "direct",
+    leverage: float = 2.0,
+    dist_in: float = 0.0,
+    dist_out: float = 0.0,
+    force_close: bool = False,
+    verbose: int = 0,
+    *,
+    min_order_size: float = 0.0,
+    min_qty_1: float | None = None,
+    min_qty_2: float | None = None,
+    min_notional_1: float = 0.0,
+    min_notional_2: float = 0.0,
+    latency_s: float = 0.0,
+    half_spread: float = 1e-4,
+    funding: Any = None,
+    return_result: bool = False,
+) -> Any:
+    """Backtest one parameter set over `df`; returns the trades frame (section 6).
+
+    `dp_1`, `dp_2` are the legs' qty steps (e.g. 1 for JASMY, 0.1). `funding` is an
+    optional polars frame (`token`, `ts`, `rate`) or a mapping token -> (ts, rate).
+    With `return_result=True` returns a :class:`BacktestResult` (trades, skipped
+    entries, final balance). Deterministic: same input, same output bit for bit.
+    """
+    signal = SignalParams(
+        thresh_low_in, thresh_low_out, thresh_high_in, thresh_high_out, bool(long_possible),
+        bool(short_possible), open_method, close_method, float(dist_in), float(dist_out),
+        sl_std, sl_dist, float(sl_seconds), sl_method, float(latency_s),
+    )
+    sizing = SizingParams(
+        float(balance), float(order_size), float(min_order_size), float(leverage), qty_method,
+        float(std_1), float(std_2), float(fee_rate), float(dp_1), float(dp_2), min_qty_1,
+        min_qty_2, float(min_notional_1), float(min_notional_2),
+    )
+    if qty_method == "beta_neutral" and "beta" not in df.columns:
+        raise ValueError("qty_method: beta_neutral needs a 'beta' column in df (lr spread)")
+    ticks = tick_arrays(df, token_1, token_2, half_spread)
+    res = run_backtest(ticks, signal, sizing, force_close, funding, token_1, token_2)
+    if verbose:
+        print(f"{token_1}-{token_2}: {res.trades.height} trades, {res.skipped_entries} skipped entries, "
+              f"balance {res.final_balance:.4f}")
+    return res if return_result else res.trades
+
+
+class StreamingBacktest:
+    """Feed ticks one at a time through the step interface; same trades as `backtest`."""
+
+    def __init__(self, signal: SignalParams, sizing: SizingParams):
+        from bot.analysis.signals import SignalMachine
+
+        self.machine = SignalMachine(signal)
+        self._sz = sizing.to_array()
+        self.balance = float(sizing.balance)
+        self._cur = np.empty(NTC)
+        self.rows: list[np.ndarray] = []
+        self.skipped_entries = 0
+        self._last: tuple[float, float, float, float, float, float] | None = None
+
+    def on_tick(self, ts: float, z: float | None, bid_1: float, ask_1: float, bid_2: float,
+                ask_2: float, beta: float = math.nan) -> int:
+        zz = math.nan if z is None else float(z)
+        ok = bool(_fillable(bid_1, ask_1, bid_2, ask_2))
+        if ok:
+            self._last = (ts, zz, bid_1, ask_1, bid_2, ask_2)
+        act = self.machine.on_tick(ts, zz, ok)
+        if act == ACT_NONE:
+            return act
+        if act == ACT_CLOSE:
+            self._close(ts, zz, bid_1, ask_1, bid_2, ask_2, None)
+        else:
+            zo = zz if zz == zz else float(self.machine.state()[11])
+            if try_open(self._cur, self._sz, self.balance, act, float(ts), zo, bid_1, ask_1, bid_2, ask_2, beta):
+                self.machine.opened(zz)
+            else:
+                self.machine.open_skipped()
+                self.skipped_entries += 1
+        return act
+
+    def _close(self, ts: float, zz: float, b1: float, a1: float, b2: float, a2: float,
+               reason: int | None) -> None:
+        st = self.machine.state()
+        zc = zz if zz == zz else float(st[11] if reason is None else st[12])
+        r = self.machine.closed()
+        self.balance = float(finish_close(self._cur, self._sz, self.balance, float(ts), zc,
+                                          r if reason is None else reason, b1, a1, b2, a2, 0.0, 0.0))
+        self.rows.append(self._cur.copy())
+
+    def finish(self, force_close: bool = False) -> pl.DataFrame:
+        if force_close and self.machine.position != 0 and self._last is not None:
+            ts, zz, b1, a1, b2, a2 = self._last
+            self._close(ts, zz, b1, a1, b2, a2, 3)
+        rows = np.array(self.rows) if self.rows else np.empty((0, NTC))
+        return trades_frame(rows)

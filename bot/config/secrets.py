@@ -1,0 +1,46 @@
+"""Secrets come only from the environment and are masked whenever printed."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+_DSN_PASSWORD = re.compile(r"(?P<pre>://[^:/@]+:)(?P<pw>[^@]*)(?P<post>@)")
+_KV_PASSWORD = re.compile(r"(?P<pre>password\s*=\s*)(?P<pw>\S+)", re.IGNORECASE)
+
+
+def dsn_has_password(dsn: str) -> bool:
+    """True when a postgres URL or key=value DSN carries a password."""
+    if "://" in dsn:
+        return bool(urlsplit(dsn).password)
+    return bool(_KV_PASSWORD.search(dsn))
+
+
+def mask_dsn(dsn: str | None) -> str | None:
+    """Replace the password of a DSN with `***` (URL and key=value forms)."""
+    if dsn is None:
+        return None
+    masked = _DSN_PASSWORD.sub(lambda m: m["pre"] + "***" + m["post"], dsn)
+    return _KV_PASSWORD.sub(lambda m: m["pre"] + "***", masked)
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A string that never shows itself in repr/str/logs."""
+
+    value: str = field(repr=False)
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def reveal(self) -> str:
+        return self.value
+
+
+def env_secret(name: str) -> Secret | None:
+    raw = os.environ.get(name)
+    return Secret(raw) if raw else None

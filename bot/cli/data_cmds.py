@@ -1,0 +1,185 @@
+"""`bot data demo|import|info` and `bot demo`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bot.config import BotConfig
+from bot.config.model import DatabaseConfig
+
+
+def register(sub: Any) -> None:
+    data = sub.add_parser("data", help="market data").add_subparsers(dest="data_cmd", required=True)
+
+    demo = data.add_parser("demo", help="generate the deterministic demo market into the database")
+    _demo_args(demo, quote_interval=5.0)
+    demo.set_defaults(func=cmd_data_demo)
+
+    imp = data.add_parser("import", help="import candles or quotes from CSV/parquet files")
+    imp.add_argument("paths", nargs="+", metavar="PATH")
+    imp.add_argument("--tf", help="timeframe of candle files (default: inferred from the bar spacing)")
+    imp.set_defaults(func=cmd_data_import)
+
+    info = data.add_parser("info", help="what the database holds")
+    info.set_defaults(func=cmd_data_info)
+
+    top = sub.add_parser("demo", help="the whole loop on an embedded Postgres and a generated market")
+    _demo_args(top, quote_interval=60.0)
+    top.add_argument("--dir", default=None, help="working directory (default: <paths.data_dir>/demo)")
+    top.add_argument("--use-config-db", action="store_true", help="use the configured database, not an embedded one")
+    top.set_defaults(func=cmd_demo)
+
+
+def _demo_args(p: argparse.ArgumentParser, quote_interval: float) -> None:
+    p.add_argument("--days", type=float, default=30.0, help="days of market (default 30)")
+    p.add_argument("--symbols", type=int, default=30, help="number of symbols, >= 8 (default 30)")
+    p.add_argument("--seed", type=int, default=7, help="RNG seed (same seed, same market)")
+    p.add_argument("--quote-interval", type=float, default=quote_interval, dest="quote_interval",
+                   help=f"seconds between quotes (default {quote_interval:g})")
+    p.add_argument("--manifest", default=None, help="where to write the manifest JSON")
+
+
+async def write_demo_market(db: Any, market: Any, tfs: tuple[str, ...] = ("1h", "5m")) -> dict[str, int]:
+    from bot.analysis.zscore import tf_seconds
+    from bot.core.db.market import copy_bars, copy_quotes, upsert_instruments
+    from bot.core.demo_market import bars_from_quotes
+
+    counts = {"instruments": await upsert_instruments(db, market.instruments)}
+    chunk = 2_000_000
+    n = 0
+    q = market.quotes
+    for start in range(0, q.height, chunk):
+        n += await copy_quotes(db, q.slice(start, chunk), ignore_duplicates=True)
+    counts["quotes"] = n
+    for tf in tfs:
+        counts[f"bars_{tf}"] = await copy_bars(db, bars_from_quotes(q, tf_seconds(tf)), tf, source="demo")
+    return counts
+
+
+def _generate(args: argparse.Namespace) -> Any:
+    from bot.core.demo_market import generate
+
+    return generate(n_symbols=args.symbols, days=args.days, quote_interval_s=args.quote_interval, seed=args.seed)
+
+
+def _print_market(market: Any, counts: dict[str, int]) -> None:
+    print(f"demo market: {len(market.symbols)} symbols, {market.start:%Y-%m-%d %H:%M} -> "
+          f"{market.end:%Y-%m-%d %H:%M} UTC, quotes every {market.quote_interval_s:g} s, seed {market.seed}")
+    print("stored: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+    print("cointegrated groups (leader: member beta/half-life h):")
+    for g in market.groups:
+        members = ", ".join(f"{m} {b:.3f}/{h:g}h" for m, b, h in zip(g.members, g.betas, g.half_lives_h, strict=True))
+        print(f"  {g.leader}: {members}")
+    others = [s for s in market.symbols if not any(s == g.leader or s in g.members for g in market.groups)]
+    print(f"independent random walks: {' '.join(others)}")
+
+
+def cmd_data_demo(args: argparse.Namespace, cfg: BotConfig) -> int:
+    from bot.core.db.pool import open_database
+
+    async def run() -> int:
+        t0 = time.perf_counter()
+        market = _generate(args)
+        t1 = time.perf_counter()
+        db = await open_database(cfg.database)
+        try:
+            counts = await write_demo_market(db, market)
+        finally:
+            await db.close()
+        t2 = time.perf_counter()
+        manifest = Path(args.manifest or Path(cfg.paths.data_dir) / "demo_manifest.json")
+        manifest.parent.mkdir(parents=True, exist_ok=True)
+        manifest.write_text(json.dumps(market.manifest(), indent=2))
+        _print_market(market, counts)
+        print(f"manifest: {manifest}")
+        print(f"generated in {t1 - t0:.1f} s, stored in {t2 - t1:.1f} s")
+        return 0
+
+    return asyncio.run(run())
+
+
+def cmd_data_import(args: argparse.Namespace, cfg: BotConfig) -> int:
+    from bot.core.db.pool import open_database
+    from bot.core.importer import import_files, parse_file
+
+    # validate everything before touching the database
+    for p in args.paths:
+        parse_file(p, args.tf)
+
+    async def run() -> int:
+        db = await open_database(cfg.database)
+        try:
+            written = await import_files(db, args.paths, args.tf)
+        finally:
+            await db.close()
+        for pf, n in written:
+            print(f"{pf.describe()}: {n:,} new or updated rows")
+        return 0
+
+    return asyncio.run(run())
+
+
+async def _info(db: Any) -> None:
+    from bot.core.db.market import bar_symbols, quote_counts, read_instruments
+
+    inst = await read_instruments(db)
+    print(f"instruments: {inst.height}")
+    q = await quote_counts(db)
+    print(f"quotes: {int(q['n'].sum()) if q.height else 0:,} rows over {q.height} symbols")
+    for tf in ("1m", "5m", "15m", "1h", "4h", "1d"):
+        b = await bar_symbols(db, tf)
+        if b.height:
+            print(f"bars {tf}: {int(b['n'].sum()):,} rows over {b.height} symbols")
+
+
+def cmd_data_info(args: argparse.Namespace, cfg: BotConfig) -> int:
+    from bot.core.db.pool import open_database
+
+    async def run() -> int:
+        db = await open_database(cfg.database)
+        try:
+            await _info(db)
+        finally:
+            await db.close()
+        return 0
+
+    return asyncio.run(run())
+
+
+def cmd_demo(args: argparse.Namespace, cfg: BotConfig) -> int:
+    """Start an embedded Postgres, migrate, generate the demo market and show what it holds."""
+    from bot.core.db.pool import open_database
+
+    work = Path(args.dir or Path(cfg.paths.data_dir) / "demo")
+    work.mkdir(parents=True, exist_ok=True)
+    dbcfg = cfg.database if args.use_config_db else DatabaseConfig(embedded_dir=str(work / "pgdata"))
+
+    async def run() -> int:
+        t0 = time.perf_counter()
+        print(f"[1/3] database: {'configured' if args.use_config_db else 'embedded PostgreSQL in ' + str(work / 'pgdata')}")
+        db = await open_database(dbcfg)
+        try:
+            print("[2/3] generating the demo market")
+            market = _generate(args)
+            counts = await write_demo_market(db, market)
+            (work / "manifest.json").write_text(json.dumps(market.manifest(), indent=2))
+            print("[3/3] what the database holds")
+            await _info(db)
+            _print_market(market, counts)
+            print(f"manifest: {work / 'manifest.json'}")
+        finally:
+            await db.close()
+        print(f"demo done in {time.perf_counter() - t0:.1f} s")
+        return 0
+
+    return asyncio.run(run())
+
+
+if __name__ == "__main__":
+    sys.exit(0)

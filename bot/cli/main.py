@@ -1,0 +1,119 @@
+"""The `bot` command line: the composition root for one-shot commands.
+
+Exit codes: 0 ok; 1 runtime failure (database unreachable, a job failed); 2 bad
+input (config, arguments, import files) with every problem listed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bot.config import BotConfig, ConfigError, dump_effective, load
+
+log = logging.getLogger("bot")
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one message, exit code 2."""
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose == 1 else logging.WARNING
+    logging.basicConfig(
+        level=level, stream=sys.stderr,
+        format="%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from bot.cli import backtest_cmd, data_cmds
+
+    parser = argparse.ArgumentParser(prog="bot", description="Pairs-trading bot for Bybit USDT perpetuals")
+    parser.add_argument("--config", metavar="PATH", help="config.yaml (else $BOT_CONFIG, ./config.yaml, the example)")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    cfg = sub.add_parser("config", help="configuration").add_subparsers(dest="config_cmd", required=True)
+    check = cfg.add_parser("check", help="validate and print the effective config (secrets masked)")
+    check.add_argument("path", nargs="?", help="file to check (default: the one --config resolves)")
+    check.set_defaults(func=cmd_config_check, needs_config=False)
+
+    db = sub.add_parser("db", help="database").add_subparsers(dest="db_cmd", required=True)
+    mig = db.add_parser("migrate", help="apply pending schema migrations")
+    mig.set_defaults(func=cmd_db_migrate)
+
+    data_cmds.register(sub)
+    backtest_cmd.register(sub)
+    return parser
+
+
+def cmd_config_check(args: argparse.Namespace, _cfg: BotConfig | None) -> int:
+    cfg = load(args.path or args.config)
+    print(dump_effective(cfg), end="")
+    print("# config OK", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_db_migrate(args: argparse.Namespace, cfg: BotConfig) -> int:
+    from bot.core.db.migrate import current_version, migrate
+    from bot.core.db.pool import open_database
+
+    async def run() -> int:
+        db = await open_database(cfg.database, run_migrations=False)
+        try:
+            async with db.pool.acquire() as conn:
+                applied = await migrate(conn)
+                version = await current_version(conn)
+        finally:
+            await db.close()
+        print(f"schema at version {version}" + (f" (applied {applied})" if applied else " (up to date)"))
+        return EXIT_OK
+
+    return asyncio.run(run())
+
+
+def run_command(func: Callable[[argparse.Namespace, Any], int], args: argparse.Namespace) -> int:
+    from bot.core.db.migrate import SchemaTooNew
+    from bot.core.db.pool import DatabaseUnavailable
+    from bot.core.importer import ImportFileError
+
+    try:
+        cfg = load(args.config) if getattr(args, "needs_config", True) else None
+        return func(args, cfg)
+    except ConfigError as err:
+        print(f"config error in {err.source}:", file=sys.stderr)
+        for p in err.problems:
+            print(f"  {p}", file=sys.stderr)
+        return EXIT_USAGE
+    except (DatabaseUnavailable, SchemaTooNew) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAIL
+    except (ImportFileError, UsageError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    if args.config:
+        args.config = str(Path(args.config))
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    return run_command(args.func, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,505 @@
+"""Market-data repository: instruments, quotes (partitioned by day) and bars.
+
+All SQL of these tables lives here. Writes go through COPY (CSV produced by polars,
+no per-row Python objects); imports stage into a temp table and insert with
+ON CONFLICT DO NOTHING so a re-import is idempotent. Reads come back as polars
+frames through ``COPY (query) TO STDOUT`` (again, no per-row Python loop).
+
+Symbols are exchange symbols (``JASMYUSDT``); a token is the symbol without the
+``USDT`` suffix (``JASMY``). Timestamps are UTC; ``ts`` columns are epoch seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import io
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import asyncpg
+import numpy as np
+import polars as pl
+
+from bot.analysis.zscore import tf_seconds
+
+log = logging.getLogger(__name__)
+
+QUOTE_COLS = ("symbol", "ts", "bid_price", "ask_price", "bid_size", "ask_size")
+BAR_COLS = ("symbol", "tf", "open_time", "open", "high", "low", "close", "volume", "source")
+INSTRUMENT_COLS = (
+    "symbol", "base_coin", "qty_step", "min_qty", "max_qty", "max_mkt_qty", "min_notional",
+    "tick_size", "price_scale", "status",
+)
+
+
+def symbol_of(token: str) -> str:
+    """'JASMY' or 'JASMY_USDT' or 'JASMYUSDT' -> 'JASMYUSDT'."""
+    t = token.upper().replace("_", "")
+    return t if t.endswith("USDT") else t + "USDT"
+
+
+def token_of(symbol: str) -> str:
+    s = symbol.upper().replace("_", "")
+    return s[:-4] if s.endswith("USDT") else s
+
+
+def to_utc(value: Any) -> dt.datetime:
+    if isinstance(value, dt.datetime):
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+    if isinstance(value, dt.date):
+        return dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC)
+    if isinstance(value, int | float):
+        return dt.datetime.fromtimestamp(float(value), tz=dt.UTC)
+    if isinstance(value, str):
+        return to_utc(dt.datetime.fromisoformat(value.replace("Z", "+00:00")))
+    raise TypeError(f"not a time: {value!r}")
+
+
+def _pool_of(db: Any) -> asyncpg.Pool:
+    for attr in ("pool",):
+        if hasattr(db, attr) and getattr(db, attr) is not None:
+            return getattr(db, attr)
+    return db
+
+
+async def read_frame(conn_or_pool: Any, query: str, *args: Any, schema: dict[str, Any] | None = None) -> pl.DataFrame:
+    """Run `query` through COPY ... TO STDOUT (CSV) and parse it with polars."""
+    buf = io.BytesIO()
+    pool = _pool_of(conn_or_pool)
+    sql = f"COPY ({query}) TO STDOUT WITH (FORMAT csv, HEADER true)"
+    if isinstance(pool, asyncpg.Pool):
+        async with pool.acquire() as conn:
+            await conn.copy_from_query(query, *args, output=buf, format="csv", header=True)
+    else:
+        await pool.copy_from_query(query, *args, output=buf, format="csv", header=True)
+    del sql
+    data = buf.getvalue()
+    if not data:
+        return pl.DataFrame(schema=schema or {})
+    return pl.read_csv(io.BytesIO(data), schema_overrides=schema, try_parse_dates=False)
+
+
+# ---------------------------------------------------------------- instruments
+
+async def upsert_instruments(db: Any, rows: pl.DataFrame) -> int:
+    """Insert or update instruments; `rows` has INSTRUMENT_COLS (max_* may be null)."""
+    missing = [c for c in ("symbol", "qty_step", "min_qty", "tick_size", "price_scale") if c not in rows.columns]
+    if missing:
+        raise ValueError(f"instruments: missing columns {missing}")
+    frame = rows
+    if "base_coin" not in frame.columns:
+        frame = frame.with_columns(pl.col("symbol").map_elements(token_of, return_dtype=pl.Utf8).alias("base_coin"))
+    for c, default in (("max_qty", None), ("max_mkt_qty", None), ("min_notional", 0.0), ("status", "Trading")):
+        if c not in frame.columns:
+            frame = frame.with_columns(pl.lit(default).alias(c))
+    records = [tuple(str(v) if isinstance(v, float) else v for v in r) for r in frame.select(INSTRUMENT_COLS).iter_rows()]
+    sql = (
+        "INSERT INTO instruments (symbol, base_coin, qty_step, min_qty, max_qty, max_mkt_qty, min_notional,"
+        " tick_size, price_scale, status, updated_at)"
+        " VALUES ($1, $2, $3::text::numeric, $4::text::numeric, $5::text::numeric, $6::text::numeric,"
+        " $7::text::numeric, $8::text::numeric, $9, $10, now())"
+        " ON CONFLICT (symbol) DO UPDATE SET base_coin = EXCLUDED.base_coin, qty_step = EXCLUDED.qty_step,"
+        " min_qty = EXCLUDED.min_qty, max_qty = EXCLUDED.max_qty, max_mkt_qty = EXCLUDED.max_mkt_qty,"
+        " min_notional = EXCLUDED.min_notional, tick_size = EXCLUDED.tick_size,"
+        " price_scale = EXCLUDED.price_scale, status = EXCLUDED.status, updated_at = now()"
+    )
+    records = [tuple(None if v is None else (str(v) if i in (2, 3, 4, 5, 6, 7) else v) for i, v in enumerate(r))
+               for r in records]
+    async with _pool_of(db).acquire() as conn:
+        await conn.executemany(sql, records)
+    return len(records)
+
+
+async def read_instruments(db: Any) -> pl.DataFrame:
+    return await read_frame(
+        db,
+        "SELECT symbol, base_coin, qty_step::text AS qty_step, min_qty::text AS min_qty,"
+        " max_qty::text AS max_qty, max_mkt_qty::text AS max_mkt_qty, min_notional::text AS min_notional,"
+        " tick_size::text AS tick_size, price_scale, status FROM instruments ORDER BY symbol",
+        schema={"qty_step": pl.Utf8, "min_qty": pl.Utf8, "max_qty": pl.Utf8, "max_mkt_qty": pl.Utf8,
+                "min_notional": pl.Utf8, "tick_size": pl.Utf8},
+    )
+
+
+async def coin_information(db: Any) -> dict[str, dict[str, dict[str, Any]]]:
+    """The notebook's mapping: {'bybit_linear': {'JASMY_USDT': {'qty_step': 1.0, ...}}}.
+
+    Numbers are floats for the notebook (exact decimal strings are kept under
+    `qty_step_str` / `tick_size_str` for order rounding).
+    """
+    frame = await read_instruments(db)
+    out: dict[str, dict[str, Any]] = {}
+    for r in frame.iter_rows(named=True):
+        def num(v: Any) -> float | None:
+            return None if v is None or v == "" else float(v)
+        out[f"{r['base_coin']}_USDT"] = {
+            "symbol": r["symbol"],
+            "qty_step": num(r["qty_step"]),
+            "min_qty": num(r["min_qty"]),
+            "max_qty": num(r["max_qty"]),
+            "max_mkt_qty": num(r["max_mkt_qty"]),
+            "min_notional": num(r["min_notional"]),
+            "tick_size": num(r["tick_size"]),
+            "price_scale": int(r["price_scale"]),
+            "status": r["status"],
+            "qty_step_str": r["qty_step"],
+            "tick_size_str": r["tick_size"],
+        }
+    return {"bybit_linear": out}
+
+
+# ---------------------------------------------------------------- quotes
+
+def _partition_name(day: dt.date) -> str:
+    return f"quotes_{day:%Y%m%d}"
+
+
+async def ensure_quote_partitions(conn: asyncpg.Connection, first: dt.datetime, last: dt.datetime) -> int:
+    """Create the daily partitions covering [first, last]; returns how many were created."""
+    day = first.astimezone(dt.UTC).date()
+    end = last.astimezone(dt.UTC).date()
+    made = 0
+    while day <= end:
+        name = _partition_name(day)
+        lo = dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
+        hi = lo + dt.timedelta(days=1)
+        exists = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", name)
+        if not exists:
+            # identifiers and bounds cannot be bind parameters in DDL; both are generated here
+            await conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF quotes "
+                f"FOR VALUES FROM ('{lo.isoformat()}') TO ('{hi.isoformat()}')"
+            )
+            made += 1
+        day += dt.timedelta(days=1)
+    return made
+
+
+async def drop_old_quote_partitions(db: Any, retention_days: int, now: dt.datetime) -> list[str]:
+    cutoff = (now - dt.timedelta(days=retention_days)).date()
+    dropped = []
+    async with _pool_of(db).acquire() as conn:
+        names = await conn.fetch(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'quotes'"
+        )
+        for r in names:
+            name = r["relname"]
+            try:
+                day = dt.datetime.strptime(name[len("quotes_"):], "%Y%m%d").date()
+            except ValueError:
+                continue
+            if day < cutoff:
+                await conn.execute(f"DROP TABLE {name}")
+                dropped.append(name)
+    return dropped
+
+
+_PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in unix microseconds
+_PGCOPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
+
+
+def quotes_pgcopy(frame: pl.DataFrame) -> bytes:
+    """Encode quotes in PostgreSQL's binary COPY format with numpy (no per-row Python).
+
+    Rows of one symbol share a fixed-width record layout: field count, then per field
+    its byte length and big-endian value (text symbol, timestamptz as microseconds
+    since 2000-01-01, four float8).
+    """
+    parts = [_PGCOPY_HEADER]
+    for (sym,), grp in frame.group_by(["symbol"], maintain_order=True):
+        raw = str(sym).encode()
+        n = grp.height
+        dtype = np.dtype([
+            ("nf", ">i2"), ("l0", ">i4"), ("sym", f"S{len(raw)}"), ("l1", ">i4"), ("ts", ">i8"),
+            ("l2", ">i4"), ("bid", ">f8"), ("l3", ">i4"), ("ask", ">f8"),
+            ("l4", ">i4"), ("bsz", ">f8"), ("l5", ">i4"), ("asz", ">f8"),
+        ])
+        rec = np.empty(n, dtype=dtype)
+        rec["nf"] = 6
+        rec["l0"] = len(raw)
+        rec["sym"] = raw
+        rec["l1"] = 8
+        rec["ts"] = np.round(grp.get_column("ts").cast(pl.Float64).to_numpy() * 1e6).astype(np.int64) - _PG_EPOCH_US
+        for lname, field, col in (("l2", "bid", "bid_price"), ("l3", "ask", "ask_price"),
+                                  ("l4", "bsz", "bid_size"), ("l5", "asz", "ask_size")):
+            rec[lname] = 8
+            rec[field] = grp.get_column(col).cast(pl.Float64).to_numpy()
+        parts.append(rec.tobytes())
+    parts.append(b"\xff\xff")
+    return b"".join(parts)
+
+
+def normalise_quotes(frame: pl.DataFrame) -> pl.DataFrame:
+    """Quotes with `ts` as float epoch seconds (accepts a datetime `ts` or `time`)."""
+    if "ts" not in frame.columns and "time" in frame.columns:
+        frame = frame.rename({"time": "ts"})
+    if frame.schema.get("ts") is not None and frame.schema["ts"].is_temporal():
+        frame = frame.with_columns((pl.col("ts").dt.epoch("us").cast(pl.Float64) / 1e6).alias("ts"))
+    missing = [c for c in QUOTE_COLS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"quotes: missing columns {missing}")
+    return frame.select(QUOTE_COLS)
+
+
+async def _copy_day(pool: asyncpg.Pool, day_frame: pl.DataFrame, ignore_duplicates: bool) -> int:
+    day = to_utc(float(day_frame["ts"].min())).date()  # type: ignore[arg-type]
+    target = _partition_name(day)
+    data = quotes_pgcopy(day_frame)
+    async with pool.acquire() as conn, conn.transaction():
+        if not ignore_duplicates:
+            await conn.copy_to_table(target, source=io.BytesIO(data), columns=list(QUOTE_COLS), format="binary")
+            return day_frame.height
+        await conn.execute("CREATE TEMP TABLE quotes_stage (LIKE quotes INCLUDING DEFAULTS) ON COMMIT DROP")
+        await conn.copy_to_table("quotes_stage", source=io.BytesIO(data), columns=list(QUOTE_COLS), format="binary")
+        # partition name is generated from the date above, never from input text
+        status = await conn.execute(
+            f"INSERT INTO {target} SELECT * FROM quotes_stage ON CONFLICT (symbol, ts) DO NOTHING"
+        )
+        return int(status.split()[-1])
+
+
+async def copy_quotes(db: Any, frame: pl.DataFrame, *, ignore_duplicates: bool = False, parallel: int = 2) -> int:
+    """Bulk-write quotes with binary COPY, straight into the daily partitions.
+
+    Partitions are created first; days are written on up to `parallel` connections
+    at once (each day in its own transaction). With `ignore_duplicates`, rows
+    already stored (same symbol and ts) are skipped (idempotent imports); otherwise
+    a duplicate is an error and that day's rows are not written.
+    """
+    frame = normalise_quotes(frame)
+    if frame.height == 0:
+        return 0
+    pool = _pool_of(db)
+    lo = to_utc(float(frame["ts"].min()))  # type: ignore[arg-type]
+    hi = to_utc(float(frame["ts"].max()))  # type: ignore[arg-type]
+    async with pool.acquire() as conn:
+        await ensure_quote_partitions(conn, lo, hi)
+    days = frame.with_columns((pl.col("ts") // 86400).alias("_day")).partition_by("_day", include_key=False)
+    sem = asyncio.Semaphore(max(1, parallel))
+
+    async def one(part: pl.DataFrame) -> int:
+        async with sem:
+            return await _copy_day(pool, part, ignore_duplicates)
+
+    try:
+        async with asyncio.TaskGroup() as tg:  # the first failure cancels the other days
+            tasks = [tg.create_task(one(d)) for d in days]
+    except BaseExceptionGroup as group:
+        raise group.exceptions[0] from None
+    return sum(t.result() for t in tasks)
+
+
+async def insert_quotes_executemany(db: Any, frame: pl.DataFrame) -> int:
+    """The naive path (one INSERT per row via executemany); kept for the benchmark."""
+    frame = normalise_quotes(frame)
+    if frame.height == 0:
+        return 0
+    lo = to_utc(float(frame["ts"].min()))  # type: ignore[arg-type]
+    hi = to_utc(float(frame["ts"].max()))  # type: ignore[arg-type]
+    rows = [(s, to_utc(t), b, a, bs, az) for s, t, b, a, bs, az in frame.iter_rows()]
+    async with _pool_of(db).acquire() as conn:
+        await ensure_quote_partitions(conn, lo, hi)
+        await conn.executemany(
+            "INSERT INTO quotes (symbol, ts, bid_price, ask_price, bid_size, ask_size)"
+            " VALUES ($1, $2, $3, $4, $5, $6)",
+            rows,
+        )
+    return len(rows)
+
+
+async def read_quotes(db: Any, symbols: Sequence[str], start: Any, end: Any) -> pl.DataFrame:
+    """Quotes of `symbols` with start <= ts < end: symbol, ts (float epoch s), prices, sizes."""
+    return await read_frame(
+        db,
+        "SELECT symbol, extract(epoch FROM ts)::float8 AS ts, bid_price, ask_price, bid_size, ask_size"
+        " FROM quotes WHERE symbol = ANY($1::text[]) AND ts >= $2 AND ts < $3 ORDER BY ts, symbol",
+        list(symbols), to_utc(start), to_utc(end),
+        schema={"symbol": pl.Utf8, "ts": pl.Float64, "bid_price": pl.Float64, "ask_price": pl.Float64,
+                "bid_size": pl.Float64, "ask_size": pl.Float64},
+    )
+
+
+async def quote_counts(db: Any) -> pl.DataFrame:
+    return await read_frame(
+        db,
+        "SELECT symbol, count(*) AS n, extract(epoch FROM min(ts))::float8 AS first_ts,"
+        " extract(epoch FROM max(ts))::float8 AS last_ts FROM quotes GROUP BY symbol ORDER BY symbol",
+    )
+
+
+# ---------------------------------------------------------------- bars
+
+def _interval(tf: str) -> str:
+    return f"{tf_seconds(tf)} seconds"
+
+
+async def build_bars_from_quotes(db: Any, tf: str, start: Any, end: Any,
+                                 symbols: Iterable[str] | None = None) -> int:
+    """Upsert the bars of timeframe `tf` fully inside [start, end) from quote mids.
+
+    OHLC of mid = (bid + ask) / 2; volume 0 (quotes carry no traded volume). Only
+    completed bars are written (bar open + tf <= end), so rerunning is idempotent
+    and a bar is never built from part of its quotes.
+    """
+    syms = list(symbols) if symbols is not None else None
+    sql = (
+        "INSERT INTO bars (symbol, tf, open_time, open, high, low, close, volume, source)"
+        " SELECT symbol, $1, b, (array_agg(mid ORDER BY ts))[1], max(mid), min(mid),"
+        " (array_agg(mid ORDER BY ts DESC))[1], 0, 'quotes' FROM ("
+        "   SELECT symbol, ts, (bid_price + ask_price) / 2 AS mid,"
+        "     date_bin($2::interval, ts, TIMESTAMPTZ '1970-01-01 00:00:00+00') AS b"
+        "   FROM quotes WHERE ts >= $3 AND ts < $4 AND ($5::text[] IS NULL OR symbol = ANY($5::text[]))"
+        " ) q WHERE b + $2::interval <= $4 AND b >= $3 GROUP BY symbol, b"
+        " ON CONFLICT (symbol, tf, open_time) DO UPDATE SET open = EXCLUDED.open, high = EXCLUDED.high,"
+        " low = EXCLUDED.low, close = EXCLUDED.close, volume = EXCLUDED.volume, source = EXCLUDED.source"
+    )
+    step = dt.timedelta(seconds=tf_seconds(tf))
+    lo = to_utc(start)
+    # align the lower bound down to a bar boundary so the first bar is complete
+    lo = to_utc((int(lo.timestamp()) // tf_seconds(tf)) * tf_seconds(tf))
+    hi = to_utc(end)
+    del step
+    async with _pool_of(db).acquire() as conn:
+        status = await conn.execute(sql, tf, dt.timedelta(seconds=tf_seconds(tf)), lo, hi, syms)
+    return int(status.split()[-1])
+
+
+def normalise_bars(frame: pl.DataFrame, tf: str, source: str) -> pl.DataFrame:
+    if "open_time" not in frame.columns:
+        for alt in ("date", "time", "ts", "timestamp"):
+            if alt in frame.columns:
+                frame = frame.rename({alt: "open_time"})
+                break
+    if frame.schema["open_time"].is_temporal():
+        t = pl.col("open_time").dt.epoch("us").cast(pl.Float64) / 1e6
+    else:
+        t = pl.col("open_time").cast(pl.Float64)
+    frame = frame.with_columns(t.alias("open_time"))
+    if "volume" not in frame.columns:
+        frame = frame.with_columns(pl.lit(0.0).alias("volume"))
+    return frame.with_columns(pl.lit(tf).alias("tf"), pl.lit(source).alias("source")).select(BAR_COLS)
+
+
+async def copy_bars(db: Any, frame: pl.DataFrame, tf: str, source: str = "import") -> int:
+    """Upsert bars (symbol, open_time, open, high, low, close[, volume]) with COPY + staging."""
+    frame = normalise_bars(frame, tf, source)
+    if frame.height == 0:
+        return 0
+    csv = frame.with_columns(
+        pl.from_epoch((pl.col("open_time") * 1e6).round().cast(pl.Int64), time_unit="us")
+        .dt.strftime("%Y-%m-%dT%H:%M:%S%.6f+00:00").alias("open_time")
+    )
+    buf = io.BytesIO()
+    csv.write_csv(buf, include_header=False)
+    async with _pool_of(db).acquire() as conn, conn.transaction():
+        await conn.execute("CREATE TEMP TABLE bars_stage (LIKE bars INCLUDING DEFAULTS) ON COMMIT DROP")
+        await conn.copy_to_table("bars_stage", source=io.BytesIO(buf.getvalue()), columns=list(BAR_COLS), format="csv")
+        status = await conn.execute(
+            "INSERT INTO bars SELECT * FROM bars_stage ON CONFLICT (symbol, tf, open_time) DO UPDATE SET"
+            " open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close,"
+            " volume = EXCLUDED.volume, source = EXCLUDED.source"
+        )
+    return int(status.split()[-1])
+
+
+async def read_bars(db: Any, symbols: Sequence[str], tf: str, start: Any, end: Any) -> pl.DataFrame:
+    """Long frame of bars with start <= open_time < end: symbol, ts (epoch s), OHLCV."""
+    return await read_frame(
+        db,
+        "SELECT symbol, extract(epoch FROM open_time)::float8 AS ts, open, high, low, close, volume"
+        " FROM bars WHERE tf = $1 AND symbol = ANY($2::text[]) AND open_time >= $3 AND open_time < $4"
+        " ORDER BY open_time, symbol",
+        tf, list(symbols), to_utc(start), to_utc(end),
+        schema={"symbol": pl.Utf8, "ts": pl.Float64, "open": pl.Float64, "high": pl.Float64,
+                "low": pl.Float64, "close": pl.Float64, "volume": pl.Float64},
+    )
+
+
+async def bar_symbols(db: Any, tf: str) -> pl.DataFrame:
+    return await read_frame(
+        db,
+        "SELECT symbol, count(*) AS n, extract(epoch FROM min(open_time))::float8 AS first_ts,"
+        " extract(epoch FROM max(open_time))::float8 AS last_ts FROM bars WHERE tf = $1"
+        " GROUP BY symbol ORDER BY symbol",
+        tf,
+    )
+
+
+# ---------------------------------------------------------------- the notebook's load_data
+
+def _with_time(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.with_columns(
+        pl.from_epoch((pl.col("ts") * 1e6).round().cast(pl.Int64), time_unit="us")
+        .dt.replace_time_zone("UTC").alias("time"),
+        pl.col("ts").round().cast(pl.Int64).alias("ts"),
+    )
+
+
+def bars_wide(long: pl.DataFrame, tokens: Sequence[str]) -> pl.DataFrame:
+    """Long bars -> `time`, `ts`, one close column per token, inner-aligned on ts."""
+    out: pl.DataFrame | None = None
+    for tok in tokens:
+        part = long.filter(pl.col("symbol") == symbol_of(tok)).select("ts", pl.col("close").alias(tok))
+        out = part if out is None else out.join(part, on="ts", how="inner")
+    assert out is not None
+    return _with_time(out.sort("ts")).select(["time", "ts", *tokens])
+
+
+async def load_pair_data(db: Any, token_1: str, token_2: str, start: Any, end: Any, tf: str, wind: int,
+                         reference_tokens: Sequence[str] = ("BTC", "ETH", "SOL")) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(tick_df, agg_df) in the notebook's layout.
+
+    tick_df: quotes of both tokens with start <= ts < end, inner-aligned on ts;
+    columns `time`, `ts` (int s) and per token T: `T` (mid), `T_size` (mean of bid and
+    ask size), `T_bid_price`, `T_ask_price`, `T_bid_size`, `T_ask_size`. When no quotes
+    exist (imported candles), tick_df is bars-only: each bar close is a tick stamped
+    at the bar's open time with bid/ask = close -/+ 1 bp and sizes null.
+    agg_df: bars with open time in [start - wind * tf, end): `time`, `ts`, and the
+    bar close per token (the pair's tokens inner-aligned; reference tokens
+    BTC/ETH/SOL left-joined when present).
+    """
+    t1, t2 = token_of(token_1), token_of(token_2)
+    lo, hi = to_utc(start), to_utc(end)
+    warm = dt.timedelta(seconds=tf_seconds(tf) * int(wind))
+    refs = [r for r in reference_tokens if r not in (t1, t2)]
+    long = await read_bars(db, [symbol_of(t) for t in (t1, t2, *refs)], tf, lo - warm, hi)
+    agg = bars_wide(long, [t1, t2])
+    for r in refs:
+        part = long.filter(pl.col("symbol") == symbol_of(r)).select(
+            pl.col("ts").round().cast(pl.Int64), pl.col("close").alias(r)
+        )
+        if part.height:
+            agg = agg.join(part, on="ts", how="left")
+    quotes = await read_quotes(db, [symbol_of(t1), symbol_of(t2)], lo, hi)
+    if quotes.height == 0:
+        log.info("no quotes for %s/%s in range: bars-only mode", t1, t2)
+        ticks = agg.filter(pl.col("time") >= lo).select(
+            "time", "ts",
+            *[e for tok in (t1, t2) for e in (
+                pl.col(tok),
+                pl.lit(None, dtype=pl.Float64).alias(f"{tok}_size"),
+                (pl.col(tok) * (1 - 1e-4)).alias(f"{tok}_bid_price"),
+                (pl.col(tok) * (1 + 1e-4)).alias(f"{tok}_ask_price"),
+                pl.lit(None, dtype=pl.Float64).alias(f"{tok}_bid_size"),
+                pl.lit(None, dtype=pl.Float64).alias(f"{tok}_ask_size"),
+            )],
+        )
+        return ticks, agg
+    legs = []
+    for tok in (t1, t2):
+        q = quotes.filter(pl.col("symbol") == symbol_of(tok))
+        legs.append(q.select(
+            "ts",
+            ((pl.col("bid_price") + pl.col("ask_price")) / 2).alias(tok),
+            ((pl.col("bid_size") + pl.col("ask_size")) / 2).alias(f"{tok}_size"),
+            pl.col("bid_price").alias(f"{tok}_bid_price"),
+            pl.col("ask_price").alias(f"{tok}_ask_price"),
+            pl.col("bid_size").alias(f"{tok}_bid_size"),
+            pl.col("ask_size").alias(f"{tok}_ask_size"),
+        ))
+    ticks = _with_time(legs[0].join(legs[1], on="ts", how="inner").sort("ts"))
+    cols = ["time", "ts"] + [c for c in ticks.columns if c not in ("time", "ts")]
+    return ticks.select(cols), agg

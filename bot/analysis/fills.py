@@ -36,6 +36,19 @@ def step_decimals(step: float) -> int:
     return max(0, -exp)
 
 
+def qty_decimal(notional: Decimal | float | str, price: Decimal | float | str, step: Decimal | float | str) -> Decimal:
+    """Decimal-exact order quantity: floor(notional / (price * step) + 1e-9) * step.
+
+    For orders that leave the bot (the exchange adapters); equals :func:`round_qty`
+    wherever the quantity has at most 15 significant digits (every real order).
+    """
+    d_not, d_px, d_step = (Decimal(repr(v)) if isinstance(v, float) else Decimal(v) for v in (notional, price, step))
+    if d_px <= 0 or d_step <= 0 or d_not <= 0:
+        return Decimal(0) * d_step
+    n = int((d_not / (d_px * d_step) + Decimal("1e-9")).to_integral_value(rounding="ROUND_FLOOR"))
+    return (d_step * max(n, 0)).quantize(d_step.normalize()) if n > 0 else Decimal(0)
+
+
 @njit(cache=True)
 def round_qty(notional: float, price: float, step: float, decimals: int) -> float:
     """Largest multiple of `step` whose value at `price` does not exceed `notional`."""

@@ -61,6 +61,12 @@ def symbol_from_pair(pair: str) -> str:
     return base + quote
 
 
+def _map_symbols(names: pl.Series) -> pl.Series:
+    """symbol_from_pair over a column, computed once per distinct name."""
+    uniq = names.unique().drop_nulls().to_list()
+    return names.replace_strict({u: symbol_from_pair(u) for u in uniq}, return_dtype=pl.Utf8)
+
+
 def symbol_from_filename(path: Path) -> str:
     stem = path.name.split(".")[0]
     return symbol_from_pair(stem.split("-")[0])
@@ -152,9 +158,9 @@ def parse_candles(path: Path, frame: pl.DataFrame, tf: str | None = None) -> Par
     if "pair" in frame.columns:
         sym = frame.get_column("pair").cast(pl.Utf8)
         _first_bad(path, sym.is_null(), "column 'pair': missing value")
-        symbols = sym.map_elements(symbol_from_pair, return_dtype=pl.Utf8)
+        symbols = _map_symbols(sym)
     elif "symbol" in frame.columns:
-        symbols = frame.get_column("symbol").cast(pl.Utf8).map_elements(symbol_from_pair, return_dtype=pl.Utf8)
+        symbols = _map_symbols(frame.get_column("symbol").cast(pl.Utf8))
     else:
         symbols = pl.Series([symbol_from_filename(path)] * frame.height)
     ts = _epoch_seconds(path, frame, tcol)
@@ -167,9 +173,9 @@ def parse_candles(path: Path, frame: pl.DataFrame, tf: str | None = None) -> Par
     for c in ("open", "high", "low", "close"):
         _first_bad(path, out.get_column(c) <= 0, f"column {c!r}: price must be positive")
     _first_bad(path, out.get_column("volume") < 0, "column 'volume': must be >= 0")
-    hi_bad = out.get_column("high") < pl.max_horizontal(out.select("open", "close")).to_series() * (1 - 1e-12)
+    hi_bad = out.get_column("high") < out.select(pl.max_horizontal("open", "close")).to_series() * (1 - 1e-12)
     _first_bad(path, hi_bad, "high below open/close")
-    lo_bad = out.get_column("low") > pl.min_horizontal(out.select("open", "close")).to_series() * (1 + 1e-12)
+    lo_bad = out.get_column("low") > out.select(pl.min_horizontal("open", "close")).to_series() * (1 + 1e-12)
     _first_bad(path, lo_bad, "low above open/close")
     _check_order(path, out)
     tf = tf or infer_tf(path, out)
@@ -196,7 +202,7 @@ def parse_quotes(path: Path, frame: pl.DataFrame) -> ParsedFile:
             hint = "ms"
     ts = _epoch_seconds(path, frame, tcol, hint)
     if "symbol" in frame.columns:
-        symbols = frame.get_column("symbol").cast(pl.Utf8).map_elements(symbol_from_pair, return_dtype=pl.Utf8)
+        symbols = _map_symbols(frame.get_column("symbol").cast(pl.Utf8))
     else:
         symbols = pl.Series([symbol_from_filename(path)] * frame.height)
     cols = ("bid_price", "ask_price", "bid_size", "ask_size")

@@ -201,35 +201,58 @@ _PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in unix microseconds
 _PGCOPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
 
 
-def quotes_pgcopy(frame: pl.DataFrame) -> bytes:
-    """Encode quotes in PostgreSQL's binary COPY format with numpy (no per-row Python).
+def pgcopy_binary(frame: pl.DataFrame, columns: Sequence[tuple[str, str]]) -> bytes:
+    """Encode `frame` in PostgreSQL's binary COPY format with numpy (no per-row Python).
 
-    Rows of one symbol share a fixed-width record layout: field count, then per field
-    its byte length and big-endian value (text symbol, timestamptz as microseconds
-    since 2000-01-01, four float8).
+    `columns` lists (name, kind) in table order, kind one of ``text`` (must be
+    constant within each group of rows sharing all text values: symbols, timeframes),
+    ``ts`` (float epoch seconds -> timestamptz, microseconds since 2000-01-01) or
+    ``f8``. Each group gets a fixed-width record layout: field count, then per field
+    its byte length and big-endian value.
     """
+    text_cols = [c for c, k in columns if k == "text"]
     parts = [_PGCOPY_HEADER]
-    for (sym,), grp in frame.group_by(["symbol"], maintain_order=True):
-        raw = str(sym).encode()
-        n = grp.height
-        dtype = np.dtype([
-            ("nf", ">i2"), ("l0", ">i4"), ("sym", f"S{len(raw)}"), ("l1", ">i4"), ("ts", ">i8"),
-            ("l2", ">i4"), ("bid", ">f8"), ("l3", ">i4"), ("ask", ">f8"),
-            ("l4", ">i4"), ("bsz", ">f8"), ("l5", ">i4"), ("asz", ">f8"),
-        ])
-        rec = np.empty(n, dtype=dtype)
-        rec["nf"] = 6
-        rec["l0"] = len(raw)
-        rec["sym"] = raw
-        rec["l1"] = 8
-        rec["ts"] = np.round(grp.get_column("ts").cast(pl.Float64).to_numpy() * 1e6).astype(np.int64) - _PG_EPOCH_US
-        for lname, field, col in (("l2", "bid", "bid_price"), ("l3", "ask", "ask_price"),
-                                  ("l4", "bsz", "bid_size"), ("l5", "asz", "ask_size")):
-            rec[lname] = 8
-            rec[field] = grp.get_column(col).cast(pl.Float64).to_numpy()
+    groups = frame.group_by(text_cols, maintain_order=True) if text_cols else [((), frame)]
+    for key, grp in groups:
+        values = dict(zip(text_cols, key if isinstance(key, tuple) else (key,), strict=True))
+        fields: list[tuple[str, str]] = [("nf", ">i2")]
+        raw: dict[str, bytes] = {}
+        for name, kind in columns:
+            fields.append((f"len_{name}", ">i4"))
+            if kind == "text":
+                raw[name] = str(values[name]).encode()
+                fields.append((name, f"S{max(len(raw[name]), 1)}"))
+            elif kind == "ts":
+                fields.append((name, ">i8"))
+            else:
+                fields.append((name, ">f8"))
+        rec = np.empty(grp.height, dtype=np.dtype(fields))
+        rec["nf"] = len(columns)
+        for name, kind in columns:
+            if kind == "text":
+                rec[f"len_{name}"] = len(raw[name])
+                rec[name] = raw[name]
+            elif kind == "ts":
+                rec[f"len_{name}"] = 8
+                secs = grp.get_column(name).cast(pl.Float64).to_numpy()
+                rec[name] = np.round(secs * 1e6).astype(np.int64) - _PG_EPOCH_US
+            else:
+                rec[f"len_{name}"] = 8
+                rec[name] = grp.get_column(name).cast(pl.Float64).to_numpy()
         parts.append(rec.tobytes())
     parts.append(b"\xff\xff")
     return b"".join(parts)
+
+
+_QUOTE_KINDS = (("symbol", "text"), ("ts", "ts"), ("bid_price", "f8"), ("ask_price", "f8"),
+                ("bid_size", "f8"), ("ask_size", "f8"))
+_BAR_KINDS = (("symbol", "text"), ("tf", "text"), ("open_time", "ts"), ("open", "f8"), ("high", "f8"),
+              ("low", "f8"), ("close", "f8"), ("volume", "f8"), ("source", "text"))
+
+
+def quotes_pgcopy(frame: pl.DataFrame) -> bytes:
+    """Quotes (QUOTE_COLS, ts in epoch seconds) in binary COPY format."""
+    return pgcopy_binary(frame, _QUOTE_KINDS)
 
 
 def normalise_quotes(frame: pl.DataFrame) -> pl.DataFrame:
@@ -388,19 +411,17 @@ async def copy_bars(db: Any, frame: pl.DataFrame, tf: str, source: str = "import
     frame = normalise_bars(frame, tf, source)
     if frame.height == 0:
         return 0
-    csv = frame.with_columns(
-        pl.from_epoch((pl.col("open_time") * 1e6).round().cast(pl.Int64), time_unit="us")
-        .dt.strftime("%Y-%m-%dT%H:%M:%S%.6f+00:00").alias("open_time")
-    )
-    buf = io.BytesIO()
-    csv.write_csv(buf, include_header=False)
+    data = pgcopy_binary(frame, _BAR_KINDS)
     async with _pool_of(db).acquire() as conn, conn.transaction():
         await conn.execute("CREATE TEMP TABLE bars_stage (LIKE bars INCLUDING DEFAULTS) ON COMMIT DROP")
-        await conn.copy_to_table("bars_stage", source=io.BytesIO(buf.getvalue()), columns=list(BAR_COLS), format="csv")
+        await conn.copy_to_table("bars_stage", source=io.BytesIO(data), columns=list(BAR_COLS), format="binary")
+        # rows that are already stored unchanged are not rewritten (cheap re-imports)
         status = await conn.execute(
             "INSERT INTO bars SELECT * FROM bars_stage ON CONFLICT (symbol, tf, open_time) DO UPDATE SET"
             " open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close,"
             " volume = EXCLUDED.volume, source = EXCLUDED.source"
+            " WHERE (bars.open, bars.high, bars.low, bars.close, bars.volume)"
+            " IS DISTINCT FROM (EXCLUDED.open, EXCLUDED.high, EXCLUDED.low, EXCLUDED.close, EXCLUDED.volume)"
         )
     return int(status.split()[-1])
 

@@ -96,7 +96,7 @@ def _qty_step(price: float) -> float:
 
 
 def _tick_size(price: float) -> float:
-    return float(10.0 ** (math.floor(math.log10(price)) - 4))
+    return float(10.0 ** (math.floor(math.log10(price)) - 5))
 
 
 def generate(

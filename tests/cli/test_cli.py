@@ -1,0 +1,69 @@
+"""The command line as a user runs it: exit codes, one-line errors, the embedded path."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_bot(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+            timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if k not in ("BOT_DATABASE_DSN", "BOT_CONFIG")}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "bot.cli.main", *args], capture_output=True, text=True,
+                          env=full_env, cwd=cwd or REPO, timeout=timeout)
+
+
+def test_unreachable_database_is_one_line_exit_1(tmp_path: Path) -> None:
+    res = run_bot("db", "migrate", env={"BOT_DATABASE_DSN": "postgresql://bot:topsecret@127.0.0.1:1/bot"},
+                  cwd=tmp_path)
+    assert res.returncode == 1
+    assert "Traceback" not in res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stderr
+    assert "127.0.0.1:1" in lines[0] and "topsecret" not in res.stderr + res.stdout
+
+
+def test_bad_config_lists_all_problems_exit_2_nothing_started(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("database:\n  embedded_dir: pg\nstrategy:\n  wind: -3\n  qty_method: wrong\nschedule:\n  reselect_cron: daily\n")
+    res = run_bot("--config", str(cfg), "data", "info", cwd=tmp_path)
+    assert res.returncode == 2
+    for key in ("strategy.wind:", "strategy.qty_method:", "schedule.reselect_cron:"):
+        assert key in res.stderr
+    assert not (tmp_path / "pg").exists()  # nothing started
+
+
+def test_wrong_typed_yaml_root(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("- a\n- b\n")
+    res = run_bot("config", "check", str(cfg))
+    assert res.returncode == 2 and "must be a mapping" in res.stderr
+
+
+def test_import_bad_file_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "X_USDT-1h.csv"
+    bad.write_text("date,open,high,low,close\n2025-01-01T00:00:00Z,1,2,0.5,0\n")
+    res = run_bot("data", "import", str(bad), env={"BOT_DATABASE_DSN": "postgresql://u@127.0.0.1:1/x"})
+    assert res.returncode == 2 and "row 1" in res.stderr and "positive" in res.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.db
+def test_demo_on_embedded_postgres(tmp_path: Path) -> None:
+    """`bot demo` on a fresh directory: embedded PostgreSQL, migrations, a market (the embedded path)."""
+    res = run_bot("demo", "--days", "3", "--symbols", "12", "--dir", str(tmp_path / "demo"), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "embedded PostgreSQL" in res.stdout
+    assert "quotes: 51,840 rows over 12 symbols" in res.stdout  # 3 days of 60 s quotes
+    manifest = json.loads((tmp_path / "demo" / "manifest.json").read_text())
+    assert {"BTC", "ETH", "SOL"} <= set(manifest["symbols"]) and manifest["groups"]
+    # the server was stopped cleanly: no postmaster left
+    assert not (tmp_path / "demo" / "pgdata" / "postmaster.pid").exists()

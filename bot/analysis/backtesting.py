@@ -189,7 +189,8 @@ def _run(
     n = ts.shape[0]
     st = np.zeros(STATE_SIZE)
     st[6] = np.nan  # S_ADV
-    st[12] = np.nan  # S_LAST_Z
+    low_in = p[0]  # P_LOW_IN
+    high_in = p[2]  # P_HIGH_IN
     cap = 64
     out = np.empty((cap, NTC))
     ntr = 0
@@ -203,6 +204,12 @@ def _run(
         mid1 = (bid1 + ask1) * 0.5
         mid2 = (bid2 + ask2) * 0.5
     for i in range(n):
+        # fast path, same decision as machine_step: FLAT, nothing armed, pending or
+        # blocked, and z null or strictly inside (low_in, high_in) changes nothing
+        if st[0] == 0.0 and st[1] == 0.0 and st[8] == 0.0 and st[7] == 0.0:
+            zi = z[i]
+            if zi != zi or (zi > low_in and zi < high_in):
+                continue
         b1 = bid1[i]
         a1 = ask1[i]
         b2 = bid2[i]
@@ -247,7 +254,10 @@ def _run(
                 f1 = funding_paid(cur[T_OPEN_TS], ts[j], s, cur[T_Q1], f1_ts, f1_rate, ts, mid1)
                 f2 = funding_paid(cur[T_OPEN_TS], ts[j], -s, cur[T_Q2], f2_ts, f2_rate, ts, mid2)
             machine_closed(st, p)
-            zc = z[j] if z[j] == z[j] else st[12]
+            k = j
+            while k >= 0 and z[k] != z[k]:
+                k -= 1
+            zc = z[k] if k >= 0 else np.nan  # z of the last tick that had one
             balance = finish_close(cur, sz, balance, ts[j], zc, 3, bid1[j], ask1[j], bid2[j], ask2[j], f1, f2)
             if ntr == cap:
                 cap *= 2
@@ -442,13 +452,16 @@ class StreamingBacktest:
         self.rows: list[np.ndarray] = []
         self.skipped_entries = 0
         self._last: tuple[float, float, float, float, float, float] | None = None
+        self._last_z = math.nan
 
     def on_tick(self, ts: float, z: float | None, bid_1: float, ask_1: float, bid_2: float,
                 ask_2: float, beta: float = math.nan) -> int:
         zz = math.nan if z is None else float(z)
         ok = bool(_fillable(bid_1, ask_1, bid_2, ask_2))
+        if zz == zz:
+            self._last_z = zz
         if ok:
-            self._last = (ts, zz, bid_1, ask_1, bid_2, ask_2)
+            self._last = (ts, self._last_z, bid_1, ask_1, bid_2, ask_2)  # z: the last one up to here
         act = self.machine.on_tick(ts, zz, ok)
         if act == ACT_NONE:
             return act
@@ -466,7 +479,7 @@ class StreamingBacktest:
     def _close(self, ts: float, zz: float, b1: float, a1: float, b2: float, a2: float,
                reason: int | None) -> None:
         st = self.machine.state()
-        zc = zz if zz == zz else float(st[11] if reason is None else st[12])
+        zc = zz if (zz == zz or reason is not None) else float(st[11])
         r = self.machine.closed()
         self.balance = float(finish_close(self._cur, self._sz, self.balance, float(ts), zc,
                                           r if reason is None else reason, b1, a1, b2, a2, 0.0, 0.0))

@@ -66,8 +66,7 @@ S_PEND = 8  # 0 none, 1 open long, 2 open short, 3 close
 S_DUE = 9  # ts at or after which the pending fill happens
 S_REASON = 10  # close reason of the pending close
 S_DZ = 11  # z of the pending decision
-S_LAST_Z = 12
-STATE_SIZE = 13
+STATE_SIZE = 12
 
 # parameter vector slots
 P_LOW_IN = 0
@@ -163,7 +162,6 @@ class SignalParams:
 def new_state() -> np.ndarray:
     st = np.zeros(STATE_SIZE)
     st[S_ADV] = np.nan
-    st[S_LAST_Z] = np.nan
     return st
 
 
@@ -286,7 +284,6 @@ def machine_step(st: np.ndarray, p: np.ndarray, ts: float, z: float, fillable: b
     if st[S_PEND] == 0.0:
         if z != z:
             return ACT_NONE
-        st[S_LAST_Z] = z
         if st[S_POS] == 0.0:
             block = st[S_BLOCK]
             if block == 1.0:
@@ -300,8 +297,6 @@ def machine_step(st: np.ndarray, p: np.ndarray, ts: float, z: float, fillable: b
             _in_position(st, p, ts, z)
         if st[S_PEND] == 0.0:
             return ACT_NONE
-    elif z == z:
-        st[S_LAST_Z] = z
     # a pending decision fills at the first fillable tick with ts >= due
     if fillable and ts >= st[S_DUE]:
         pend = st[S_PEND]

@@ -10,15 +10,17 @@ used). On B(t):
 - raw tick spread r_t = ln mid_1 - beta ln mid_2 - alpha, with the alpha and beta in
   force at that tick; with ``median_length`` m > 1 the tick spread s_t is the median
   of the last m raw tick spreads that exist (fewer at the start: the median of those
-  there are).
+  there are). For ``dist`` (beta 1, alpha 0, always in force) a raw spread exists at
+  every tick with valid prices, warm-up included; for ``lr`` only once W bars exist.
 - z = (s_t - spread_mean) / spread_std.
 
 Null (NaN) z: fewer than W bars behind the tick, spread_std == 0 (or a degenerate
 OLS with var(ln c2) == 0), or a non-positive / NaN mid. A tick without a defined raw
 spread (bad price, or lr during warm-up) does not enter the median buffer.
 
-Both forms call the same compiled kernels (`window_stats`, `tick_spread_median`),
-so batch and streaming agree bit for bit, not only to 1e-9.
+Both forms share `window_stats` (the window's alpha, beta, mean, std); the batch
+form computes the median with a sorted sliding window, the streaming form by
+sorting its ring; they agree to ~1e-15 (tested to 1e-9 on random data).
 """
 
 from __future__ import annotations
@@ -95,8 +97,8 @@ def window_stats(ly1: np.ndarray, ly2: np.ndarray, is_lr: int) -> tuple[float, f
 
 
 @njit(cache=True)
-def _median_small(buf: np.ndarray, count: int) -> float:
-    tmp = np.empty(count)
+def _median_small(buf: np.ndarray, count: int, tmp: np.ndarray) -> float:
+    """Median of buf[:count] using the scratch array `tmp` (len >= count)."""
     for k in range(count):
         tmp[k] = buf[k]
     # insertion sort: m is small (default 6)
@@ -115,7 +117,7 @@ def _median_small(buf: np.ndarray, count: int) -> float:
 @njit(cache=True)
 def tick_spread_median(window: np.ndarray, count: int) -> float:
     """Median of the `count` most recent raw spreads held in `window` (any order)."""
-    return _median_small(window, count)
+    return _median_small(window, count, np.empty(count))
 
 
 @njit(cache=True)
@@ -134,56 +136,80 @@ def _bar_stats_all(lc1: np.ndarray, lc2: np.ndarray, wind: int, is_lr: int) -> n
 
 
 @njit(cache=True)
-def _tick_pass(
-    tick_ts: np.ndarray,
-    mid1: np.ndarray,
-    mid2: np.ndarray,
-    bar_ts: np.ndarray,
-    stats: np.ndarray,
-    tf_s: int,
-    median_length: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    n_t = tick_ts.shape[0]
-    spread = np.full(n_t, np.nan)
-    mean = np.full(n_t, np.nan)
-    std = np.full(n_t, np.nan)
-    z = np.full(n_t, np.nan)
-    beta_out = np.full(n_t, np.nan)
-    ring = np.empty(max(median_length, 1))
+def _raw_spreads(l1: np.ndarray, l2: np.ndarray, nbefore: np.ndarray, stats: np.ndarray) -> np.ndarray:
+    """Raw tick spread ln m1 - beta ln m2 - alpha with the (alpha, beta) in force (NaN: none)."""
+    n_t = l1.shape[0]
+    out = np.empty(n_t)
+    for i in range(n_t):
+        n = nbefore[i]
+        out[i] = l1[i] - stats[n, 1] * l2[i] - stats[n, 0]
+    return out
+
+
+@njit(cache=True)
+def _rolling_median_defined(raw: np.ndarray, m: int) -> np.ndarray:
+    """At each i with a defined raw[i]: the median of the last m defined values up to i.
+
+    Keeps the window sorted (insert the new value, drop the oldest) so each step
+    costs O(m) comparisons; NaN where raw[i] is NaN.
+    """
+    n_t = raw.shape[0]
+    out = np.full(n_t, np.nan)
+    ring = np.empty(m)
+    srt = np.empty(m)
     count = 0
     head = 0
-    nb = bar_ts.shape[0]
-    n = 0  # completed bars strictly before the current tick's bar
     for i in range(n_t):
-        bar_open = math.floor(tick_ts[i] / tf_s) * tf_s
-        while n < nb and bar_ts[n] < bar_open:
-            n += 1
-        alpha = stats[n, 0]
-        beta = stats[n, 1]
+        v = raw[i]
+        if v != v:
+            continue
+        if count == m:
+            old = ring[head]
+            k = 0
+            while srt[k] != old:
+                k += 1
+            while k < count - 1:
+                srt[k] = srt[k + 1]
+                k += 1
+            count -= 1
+        k = count
+        while k > 0 and srt[k - 1] > v:
+            srt[k] = srt[k - 1]
+            k -= 1
+        srt[k] = v
+        count += 1
+        ring[head] = v
+        head += 1
+        if head == m:
+            head = 0
+        if count % 2 == 1:
+            out[i] = srt[count // 2]
+        else:
+            out[i] = 0.5 * (srt[count // 2 - 1] + srt[count // 2])
+    return out
+
+
+@njit(cache=True)
+def _z_pass(
+    sp: np.ndarray, nbefore: np.ndarray, stats: np.ndarray, out_mean: np.ndarray, out_std: np.ndarray,
+    out_z: np.ndarray,
+) -> None:
+    for i in range(sp.shape[0]):
+        v = sp[i]
+        n = nbefore[i]
+        if v != v:
+            out_mean[i] = np.nan
+            out_std[i] = np.nan
+            out_z[i] = np.nan
+            continue
         m = stats[n, 2]
         s = stats[n, 3]
-        p1 = mid1[i]
-        p2 = mid2[i]
-        if not (p1 > 0.0 and p2 > 0.0 and math.isfinite(p1) and math.isfinite(p2)):
-            continue
-        if not math.isfinite(beta):
-            continue
-        raw = math.log(p1) - beta * math.log(p2) - alpha
-        if median_length > 1:
-            ring[head] = raw
-            head = (head + 1) % median_length
-            if count < median_length:
-                count += 1
-            sp = _median_small(ring, count)
-        else:
-            sp = raw
-        spread[i] = sp
-        mean[i] = m
-        std[i] = s
-        beta_out[i] = beta
+        out_mean[i] = m
+        out_std[i] = s
         if s > 0.0 and math.isfinite(s):
-            z[i] = (sp - m) / s
-    return spread, mean, std, z, beta_out
+            out_z[i] = (v - m) / s
+        else:
+            out_z[i] = np.nan
 
 
 class ZScoreColumns(NamedTuple):
@@ -201,6 +227,67 @@ def _check_sorted(name: str, ts: np.ndarray) -> None:
         raise ValueError(f"{name}: timestamps must be sorted ascending")
 
 
+def _safe_log(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where((x > 0) & np.isfinite(x), np.log(np.where(x > 0, x, 1.0)), np.nan)
+
+
+def zscore_multi(
+    tick_ts: np.ndarray,
+    mid_1: np.ndarray,
+    mid_2: np.ndarray,
+    bar_ts: np.ndarray,
+    close_1: np.ndarray,
+    close_2: np.ndarray,
+    tf: str | int,
+    winds: list[int] | tuple[int, ...],
+    spr_method: str = "lr",
+    median_length: int = 1,
+    with_beta: bool = True,
+) -> dict[int, ZScoreColumns]:
+    """Batch z-scores for several windows at once (log prices and bar lookup shared).
+
+    `bar_ts` are bar OPEN times (epoch s), sorted; timestamps in epoch seconds;
+    prices in quote currency; spreads are log price differences; z is dimensionless.
+    """
+    for w in winds:
+        if w < 2:
+            raise ValueError(f"wind: must be >= 2 bars (got {w})")
+    if median_length < 1:
+        raise ValueError(f"median_length: must be >= 1 (got {median_length})")
+    is_lr = _method_code(spr_method)
+    tf_s = tf_seconds(tf)
+    tick_ts = np.ascontiguousarray(tick_ts, dtype=np.float64)
+    bar_ts = np.ascontiguousarray(bar_ts, dtype=np.float64)
+    _check_sorted("ticks", tick_ts)
+    _check_sorted("bars", bar_ts)
+    l1, l2 = _safe_log(mid_1), _safe_log(mid_2)
+    lc1, lc2 = _safe_log(close_1), _safe_log(close_2)
+    bar_open = np.floor(tick_ts / tf_s) * tf_s
+    nbefore = np.searchsorted(bar_ts, bar_open, side="left").astype(np.int64)
+    out: dict[int, ZScoreColumns] = {}
+    shared_spread: np.ndarray | None = None  # dist: the tick spread does not depend on W
+    for w in winds:
+        stats = _bar_stats_all(lc1, lc2, int(w), is_lr)
+        if shared_spread is None or is_lr:
+            # dist: beta = 1, alpha = 0 are always in force, so the raw spread exists at
+            # every tick with valid prices (warm-up included) and does not depend on W
+            raw = _raw_spreads(l1, l2, nbefore, stats) if is_lr else l1 - l2
+            spread = _rolling_median_defined(raw, int(median_length)) if median_length > 1 else raw
+            if not is_lr:
+                shared_spread = spread
+        else:
+            spread = shared_spread
+        mean = np.empty(tick_ts.size)
+        std = np.empty(tick_ts.size)
+        z = np.empty(tick_ts.size)
+        _z_pass(spread, nbefore, stats, mean, std, z)
+        beta = stats[nbefore, 1] if with_beta else np.full(0, np.nan)
+        out[int(w)] = ZScoreColumns(spread, mean, std, z, beta)
+    return out
+
+
 def zscore_arrays(
     tick_ts: np.ndarray,
     mid_1: np.ndarray,
@@ -213,37 +300,9 @@ def zscore_arrays(
     spr_method: str = "lr",
     median_length: int = 1,
 ) -> ZScoreColumns:
-    """Batch z-score over arrays. `bar_ts` are bar OPEN times (epoch s), sorted.
-
-    Units: timestamps in epoch seconds; prices in quote currency; spreads are log
-    price differences; z is dimensionless.
-    """
-    if wind < 2:
-        raise ValueError(f"wind: must be >= 2 bars (got {wind})")
-    if median_length < 1:
-        raise ValueError(f"median_length: must be >= 1 (got {median_length})")
-    is_lr = _method_code(spr_method)
-    tf_s = tf_seconds(tf)
-    tick_ts = np.ascontiguousarray(tick_ts, dtype=np.float64)
-    bar_ts = np.ascontiguousarray(bar_ts, dtype=np.float64)
-    _check_sorted("ticks", tick_ts)
-    _check_sorted("bars", bar_ts)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        c1 = np.asarray(close_1, dtype=np.float64)
-        c2 = np.asarray(close_2, dtype=np.float64)
-        lc1 = np.where(c1 > 0, np.log(np.where(c1 > 0, c1, 1.0)), np.nan)
-        lc2 = np.where(c2 > 0, np.log(np.where(c2 > 0, c2, 1.0)), np.nan)
-    stats = _bar_stats_all(np.ascontiguousarray(lc1), np.ascontiguousarray(lc2), int(wind), is_lr)
-    out = _tick_pass(
-        tick_ts,
-        np.ascontiguousarray(mid_1, dtype=np.float64),
-        np.ascontiguousarray(mid_2, dtype=np.float64),
-        bar_ts,
-        stats,
-        tf_s,
-        int(median_length),
-    )
-    return ZScoreColumns(*out)
+    """Batch z-score of one window (see :func:`zscore_multi`)."""
+    return zscore_multi(tick_ts, mid_1, mid_2, bar_ts, close_1, close_2, tf, [wind], spr_method,
+                        median_length)[int(wind)]
 
 
 class StreamingZScore:
@@ -299,6 +358,8 @@ class StreamingZScore:
         if self._last_bar_ts >= bar_open:
             raise ValueError(f"bar {self._last_bar_ts} is not completed before tick {ts}: look-ahead")
         alpha, beta, m, s = self._stats
+        if not self.is_lr:
+            alpha, beta = 0.0, 1.0  # always in force, even during warm-up
         self.last_spread = self.last_mean = self.last_std = self.last_beta = math.nan
         if not (mid_1 > 0 and mid_2 > 0 and math.isfinite(mid_1) and math.isfinite(mid_2)):
             return math.nan
@@ -313,6 +374,8 @@ class StreamingZScore:
         else:
             sp = raw
         self.last_spread, self.last_mean, self.last_std, self.last_beta = sp, m, s, beta
+        if not math.isfinite(m):
+            return math.nan
         if s > 0.0 and math.isfinite(s):
             return (sp - m) / s
         return math.nan

@@ -12,7 +12,7 @@ from typing import Any
 
 import polars as pl
 
-from bot.analysis.zscore import zscore_arrays
+from bot.analysis.zscore import zscore_multi
 
 
 def _to_epoch_s(value: Any) -> float:
@@ -58,20 +58,26 @@ def create_zscore_df(
     c1 = agg_df.get_column(token_1).cast(pl.Float64).fill_null(float("nan")).to_numpy()
     c2 = agg_df.get_column(token_2).cast(pl.Float64).fill_null(float("nan")).to_numpy()
     cols: dict[str, Any] = {}
+    results = zscore_multi(tick_ts, mid_1, mid_2, bar_ts, c1, c2, tf, [int(w) for w in winds], spr_method,
+                           median_length, with_beta=with_beta)
     for w in winds:
-        res = zscore_arrays(tick_ts, mid_1, mid_2, bar_ts, c1, c2, tf, int(w), spr_method, median_length)
+        res = results[int(w)]
         cols[f"spread_{w}_{tf}"] = res.spread
         cols[f"spread_mean_{w}_{tf}"] = res.spread_mean
         cols[f"spread_std_{w}_{tf}"] = res.spread_std
         cols[f"z_score_{w}_{tf}"] = res.z_score
         if with_beta:
             cols[f"beta_{w}_{tf}"] = res.beta
-    out = tick_df.with_columns(
-        [pl.Series(name, values).fill_nan(None) for name, values in cols.items()]
-    )
     start = _to_epoch_s(start_ts)
-    mask = pl.Series(tick_ts >= start)
-    return out.filter(mask)
+    keep = tick_ts >= start
+    first = int(keep.argmax()) if keep.any() else tick_df.height
+    if keep[first:].all():  # sorted ticks: a slice, no copy of the kept rows
+        out = tick_df.slice(first)
+        cols = {k: v[first:] for k, v in cols.items()}
+    else:
+        out = tick_df.filter(pl.Series(keep))
+        cols = {k: v[keep] for k, v in cols.items()}
+    return out.with_columns([pl.Series(name, values, nan_to_null=True) for name, values in cols.items()])
 
 
 async def load_data(token_1: str, token_2: str, start: Any, end: Any, tf: str, wind: int,

@@ -140,8 +140,6 @@ def sweep_only() -> None:
         s = SignalParams(-in_, -out_, in_, out_, True, True, om, "direct", dist, dist, 5.0, 1.0, 60.0, "leave", 0.0)
         total_trades += run_backtest(zcache[key], s, siz).trades.height
     t_sweep = time.perf_counter() - t
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
     print(t_sweep, total_trades, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 

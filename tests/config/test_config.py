@@ -74,7 +74,9 @@ def test_password_never_in_config_but_env_dsn_may_carry_it() -> None:
 
 def test_objects_are_frozen() -> None:
     cfg = load(example_path())
-    with pytest.raises(Exception):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="frozen"):
         cfg.strategy.wind = 3  # type: ignore[misc]
 
 

@@ -116,3 +116,24 @@ async def test_retention_drops_old_partitions(db: Database, market) -> None:
     async with db.pool.acquire() as conn:
         left = await conn.fetchval("SELECT count(*) FROM quotes")
     assert left == market.quotes.filter(pl.col("ts") >= market.start.timestamp() + 86400).height
+
+
+async def test_db_manager_for_notebooks(db: Database, market) -> None:
+    from urllib.parse import urlsplit
+
+    from bot.core.db.postgres_manager import DBManager
+
+    parts = urlsplit(db.dsn)
+    if not parts.hostname:
+        pytest.skip("embedded server listens on a unix socket only")
+    mgr = DBManager({"host": parts.hostname, "port": parts.port or 5432, "user": parts.username or "postgres",
+                     "password": "not-shown", "dbname": parts.path.lstrip("/")})
+    assert "not-shown" not in repr(mgr)
+    try:
+        inst = await mgr.get_table("instruments")
+        assert isinstance(inst, pl.DataFrame) and inst.height == 8
+        assert "BTC_USDT" in (await mgr.coin_information())["bybit_linear"]
+        with pytest.raises(ValueError, match="identifier"):
+            await mgr.get_table("pairs; DROP TABLE pairs")
+    finally:
+        await mgr.close()

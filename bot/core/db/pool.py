@@ -52,7 +52,7 @@ async def create_pool(dsn: str, min_size: int = 1, max_size: int = 8, timeout_s:
             dsn, min_size=min_size, max_size=max_size, timeout=timeout_s, init=_init_conn,
             command_timeout=None,
         )
-    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, socket.gaierror) as err:
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, socket.gaierror) as err:
         reason = getattr(err, "strerror", None) or type(err).__name__
         if isinstance(err, asyncpg.PostgresError):
             reason = str(err).splitlines()[0]
@@ -97,7 +97,7 @@ class Database:
         try:
             try:
                 await asyncio.wait_for(self.pool.close(), timeout_s)
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 log.warning("pool did not close within %.0f s: terminating connections", timeout_s)
                 self.pool.terminate()
         finally:

@@ -133,8 +133,11 @@ def plot_backtest(path: str, zdf: pl.DataFrame, trades: pl.DataFrame, s: dict[st
                     s=25, label="entry", zorder=3)
         ax1.scatter(trades["close_time"].to_numpy(), trades["close_z"].to_numpy(), marker="x", color="tab:red",
                     s=25, label="exit", zorder=3)
-        eq = s["balance"] + trades["total_profit"].cum_sum().to_numpy()
-        ax2.step(trades["close_time"].to_numpy(), eq, where="post", color="tab:purple")
+        import numpy as np
+
+        eq = np.concatenate([[s["balance"]], s["balance"] + trades["total_profit"].cum_sum().to_numpy()])
+        when = np.concatenate([t[:1], trades["close_time"].to_numpy(), t[-1:]])
+        ax2.step(when, np.concatenate([eq, eq[-1:]]), where="post", color="tab:purple")
     ax2.axhline(s["balance"], color="grey", lw=0.5)
     ax1.set_ylabel("z-score")
     ax2.set_ylabel("equity, USDT")

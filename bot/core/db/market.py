@@ -272,6 +272,14 @@ async def _copy_day(pool: asyncpg.Pool, day_frame: pl.DataFrame, ignore_duplicat
     target = _partition_name(day)
     data = quotes_pgcopy(day_frame)
     async with pool.acquire() as conn, conn.transaction():
+        if ignore_duplicates:
+            # nothing of these symbols stored that day yet: no duplicate is possible, COPY straight in
+            symbols = day_frame.get_column("symbol").unique().to_list()
+            taken = await conn.fetchval(
+                f"SELECT EXISTS (SELECT 1 FROM {target} WHERE symbol = ANY($1::text[]))", symbols
+            )
+            if not taken and day_frame.select(pl.struct("symbol", "ts").is_unique().all()).item():
+                ignore_duplicates = False
         if not ignore_duplicates:
             await conn.copy_to_table(target, source=io.BytesIO(data), columns=list(QUOTE_COLS), format="binary")
             return day_frame.height

@@ -258,3 +258,23 @@ async def import_files(db: Any, paths: list[str | Path], tf: str | None = None) 
             n = await copy_quotes(db, pf.frame, ignore_duplicates=True)
         written.append((pf, n))
     return written
+
+
+def funding_from_freqtrade(frame: pl.DataFrame) -> pl.DataFrame:
+    """Freqtrade funding rows (`pair`, `date`, `funding_rate`) -> `token`, `ts`, `rate`.
+
+    Timestamps are rounded to the second (some events are +-1 ms off the hour) and
+    duplicate (token, ts) rows, which the 1h and 8h source files share, are dropped.
+    """
+    missing = [c for c in ("pair", "date", "funding_rate") if c not in frame.columns]
+    if missing:
+        raise ValueError(f"funding: missing columns {missing}")
+    return (
+        frame.select(
+            pl.col("pair").str.split("/").list.first().alias("token"),
+            (pl.col("date").dt.epoch("ms") / 1000).round().cast(pl.Int64).alias("ts"),
+            pl.col("funding_rate").cast(pl.Float64).alias("rate"),
+        )
+        .unique(subset=["token", "ts"], keep="first", maintain_order=True)
+        .sort(["token", "ts"])
+    )

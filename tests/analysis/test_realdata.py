@@ -64,6 +64,43 @@ def test_real_perpetuals_bars_only_one_year(shared_data: Path) -> None:
     assert m["trades"] == trades.height
 
 
+def test_real_funding_rates(shared_data: Path) -> None:
+    """Real 8h funding of LINK and AVAX charged on a year of bars-only trades."""
+    from bot.core.importer import funding_from_freqtrade
+
+    src = pl.read_parquet(shared_data / "ohlcv" / "binance_usdm_futures_1h_40pairs.parquet")
+    wide = (
+        src.filter(pl.col("pair").is_in(["LINK/USDT:USDT", "AVAX/USDT:USDT"]))
+        .with_columns((pl.col("date").dt.epoch("s")).alias("ts"), pl.col("pair").str.split("/").list.first().alias("t"))
+        .pivot(on="t", index="ts", values="close").drop_nulls().sort("ts").filter(pl.col("ts") >= 1_746_057_600)
+    )
+    z = create_zscore_df("LINK", "AVAX", wide, wide, "1h", [72], int(wide["ts"][0]), 1, "lr").rename(
+        {"z_score_72_1h": "z_score"})
+    funding = funding_from_freqtrade(pl.read_parquet(shared_data / "funding" / "binance_usdm_funding_rates_40pairs.parquet"))
+    assert funding.filter(pl.col("token") == "LINK").height > 1000
+    kw = dict(thresh_low_in=-2.0, thresh_low_out=-0.25, thresh_high_in=2.0, thresh_high_out=0.25, sl_std=5.0,
+              sl_method="cooldown", fee_rate=0.00055)
+    plain = backtest(z, "LINK", "AVAX", 0.1, 0.1, **kw)
+    funded = backtest(z, "LINK", "AVAX", 0.1, 0.1, funding=funding, **kw)
+    assert (plain["funding_1"] == 0).all() and (plain["funding_2"] == 0).all()
+    assert plain.height == funded.height and (funded["funding_1"] != 0).any()
+    ts = z["ts"].to_numpy()
+    for tok, leg in (("LINK", 1), ("AVAX", 2)):
+        f = funding.filter(pl.col("token") == tok)
+        ft, fr = f["ts"].to_numpy(), f["rate"].to_numpy()
+        for tr in funded.iter_rows(named=True):
+            side = (1 if tr["pos_side"] == 1 else -1) * (1 if leg == 1 else -1)
+            expect = 0.0
+            for t_f, rate in zip(ft, fr, strict=True):
+                if tr["open_ts"] < t_f <= tr["close_ts"]:
+                    j = int(np.searchsorted(ts, t_f, side="right")) - 1
+                    expect -= side * tr[f"qty_{leg}"] * z[tok][j] * rate
+            assert tr[f"funding_{leg}"] == pytest.approx(expect, rel=1e-9, abs=1e-12)
+    # the first trade is sized alike in both runs: its profit differs by exactly its funding
+    a, b = plain.row(0, named=True), funded.row(0, named=True)
+    assert b["total_profit"] == pytest.approx(a["total_profit"] + b["funding_1"] + b["funding_2"], abs=1e-12)
+
+
 def test_real_btc_eth_top_of_book(shared_data: Path) -> None:
     src = pl.read_parquet(shared_data / "ticks" / "binance_usdm_bookTicker_BTCUSDT_ETHUSDT_2024-07-18_19_2024-08-08.parquet")
     snap = (

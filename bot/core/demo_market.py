@@ -206,13 +206,14 @@ def bars_from_quotes(quotes: pl.DataFrame, tf_s: int) -> pl.DataFrame:
     """OHLC of mid per symbol and bar (open time = floor(ts / tf_s) * tf_s), volume 0.
 
     The same rule as the SQL bar builder of bot.core.db.market (tested equal).
+    `quotes` must be in time order within each symbol.
     """
     return (
         quotes.with_columns(
             ((pl.col("bid_price") + pl.col("ask_price")) / 2).alias("mid"),
             ((pl.col("ts") // tf_s) * tf_s).alias("open_time"),
         )
-        .sort(["symbol", "ts"])
+        # quotes are in time order within each symbol, so first/last need no sort
         .group_by(["symbol", "open_time"], maintain_order=True)
         .agg(
             pl.col("mid").first().alias("open"),

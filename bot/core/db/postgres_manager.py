@@ -40,6 +40,8 @@ class DBManager:
         p = self._params
         pw = p.get("password") or ""
         auth = quote(str(p["user"])) + (":" + quote(str(pw)) if pw else "")
+        if str(p["host"]).startswith("/"):  # a unix-socket directory
+            return f"postgresql://{auth}@/{p['dbname']}?host={quote(str(p['host']))}&port={int(p.get('port', 5432))}"
         return f"postgresql://{auth}@{p['host']}:{int(p.get('port', 5432))}/{p['dbname']}"
 
     async def get_pool(self) -> asyncpg.Pool:

@@ -10,6 +10,7 @@ import datetime as dt
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from bot.analysis.zscore import zscore_multi
@@ -86,3 +87,50 @@ async def load_data(token_1: str, token_2: str, start: Any, end: Any, tf: str, w
     from bot.core.db.market import load_pair_data
 
     return await load_pair_data(db, token_1, token_2, start, end, tf, wind)
+
+
+def get_open_time_stats(
+    token_1: str,
+    token_2: str,
+    open_time: Any,
+    tick_df: pl.DataFrame,
+    agg_df: pl.DataFrame,
+    lr_spread: Any = None,
+    params: dict[str, Any] | None = None,
+    coin_information: dict[str, Any] | None = None,
+) -> dict[str, float]:
+    """The notebook's per-trade features (bot.analysis.open_time_features), from data
+    strictly before `open_time` (datetime or epoch s).
+
+    `params` gives `wind` and `tf` (defaults 72, '1h') and optionally the opened
+    position (`pos_side`, `qty_1`, `qty_2`). `agg_df` may carry the reference
+    symbols' closes (BTC, ETH, SOL columns). `lr_spread` and `coin_information` are
+    accepted for the notebook's call and not needed: the lr spread is recomputed from
+    past bars only (a precomputed series could hold future-fitted betas).
+    """
+    from bot.analysis.open_time_features import open_time_features
+    from bot.analysis.zscore import tf_seconds
+
+    del lr_spread, coin_information
+    p = dict(params or {})
+    tf = str(p.get("tf", "1h"))
+    wind = int(p.get("wind", 72))
+    t0 = _to_epoch_s(open_time)
+    bar_ts = _ts_seconds(agg_df, "agg_df")
+    refs = {r.lower(): agg_df.get_column(r).cast(pl.Float64).fill_null(float("nan")).to_numpy()
+            for r in ("BTC", "ETH", "SOL") if r in agg_df.columns and r not in (token_1, token_2)}
+    for r in ("BTC", "ETH", "SOL"):
+        if r in (token_1, token_2):  # a leg is a reference symbol: its own closes
+            refs[r.lower()] = agg_df.get_column(r).cast(pl.Float64).to_numpy()
+    tick_ts = m1 = m2 = None
+    if tick_df is not None and tick_df.height and token_1 in tick_df.columns and token_2 in tick_df.columns:
+        tick_ts = _ts_seconds(tick_df, "tick_df")
+        m1 = tick_df.get_column(token_1).cast(pl.Float64).to_numpy()
+        m2 = tick_df.get_column(token_2).cast(pl.Float64).to_numpy()
+        if tick_ts.size > 1 and np.median(np.diff(tick_ts)) >= tf_seconds(tf):
+            tick_ts = m1 = m2 = None  # bars-only tick frame: no finer data than the bars
+    return open_time_features(
+        t0, bar_ts, agg_df.get_column(token_1).cast(pl.Float64).to_numpy(),
+        agg_df.get_column(token_2).cast(pl.Float64).to_numpy(), tf_seconds(tf), wind, tick_ts, m1, m2,
+        refs, {k: p[k] for k in ("pos_side", "qty_1", "qty_2") if k in p},
+    )

@@ -180,7 +180,8 @@ def open_time_features(
         out["spread_rsi_1h"] = est.wilder_rsi(_lr_resid(h1, h2))
 
     # 12 hours: 5-minute closes from ticks, else bars
-    s1 = s2 = None
+    s1: np.ndarray | None = None
+    s2: np.ndarray | None = None
     step_h = bar_h
     if tick_ts is not None and tick_mid_1 is not None and tick_mid_2 is not None and len(tick_ts):
         lo = int(np.searchsorted(tick_ts, t0 - 12 * 3600, side="left"))
@@ -195,7 +196,7 @@ def open_time_features(
                 out["rsi_t1_5m"] = est.wilder_rsi(np.exp(s1))
                 out["rsi_t2_5m"] = est.wilder_rsi(np.exp(s2))
                 out["spread_rsi_5m"] = est.wilder_rsi(_lr_resid(s1, s2))
-    if s1 is None:
+    if s1 is None or s2 is None:
         k12 = int(np.searchsorted(bts, t0 - 12 * 3600, side="left"))
         s1, s2 = lc1[k12:], lc2[k12:]
     if s1.size >= 3 and np.isfinite(s1).all() and np.isfinite(s2).all():

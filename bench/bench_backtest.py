@@ -179,7 +179,8 @@ def main() -> None:
     same = np.array_equal(ref_rows, fast_rows, equal_nan=True)
 
     sweep = subprocess.run([sys.executable, __file__, "--sweep-only"], capture_output=True, text=True, check=True)
-    t_sweep, total_trades, peak_mb = (float(x) for x in sweep.stdout.split())
+    t_sweep, trades_f, peak_mb = (float(x) for x in sweep.stdout.split())
+    total_trades = int(trades_f)
 
     print()
     print(f"{'measure':58s} {'value':>14s}")

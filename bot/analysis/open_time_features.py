@@ -118,12 +118,15 @@ def open_time_features(
     refs: Mapping[str, np.ndarray] | None = None,
     position: Mapping[str, Any] | None = None,
     ref_names: Sequence[str] = ("btc", "eth", "sol"),
+    cache: dict[Any, Any] | None = None,
 ) -> dict[str, float]:
     """Every feature of FEATURE_NAMES for a trade opened at `t0` (epoch s).
 
     `bar_ts` are bar open times (sorted); only bars with open + tf_s <= t0 and ticks
     with ts < t0 are read. `refs` maps lower-case reference names (btc, eth, sol) to
     closes aligned with `bar_ts`. Degenerate data gives NaN, never an exception.
+    `cache` (optional dict) memoises the 180-day block per number of completed bars:
+    trades opened within the same bar share it (it depends on those bars only).
     """
     out = dict.fromkeys(FEATURE_NAMES, math.nan)
     n_done = int(np.searchsorted(bar_ts, t0 - tf_s, side="right"))  # bars complete at t0
@@ -139,7 +142,10 @@ def open_time_features(
     days = (t0 - t180[0]) / 86400.0 if t180.size else 0.0
     out["history_days_180d"] = min(days, 180.0)
     out["short_history_180d"] = float(days < 180.0 - 1e-9)
-    if y1.size >= 30 and np.isfinite(y1).all() and np.isfinite(y2).all():
+    key = ("180d", n_done)
+    if cache is not None and key in cache:
+        out.update(cache[key])
+    elif y1.size >= 30 and np.isfinite(y1).all() and np.isfinite(y2).all():
         out["std_1_180d"] = _daily_std(t180, y1)
         out["std_2_180d"] = _daily_std(t180, y2)
         out["beta_1_180d"] = est.ols_beta(y1, y2)
@@ -150,6 +156,8 @@ def open_time_features(
         jo = est.johansen(y1, y2)
         out["coint_180d"] = float(jo.coint)
         out["johansen_beta_180d"] = jo.beta
+        if cache is not None:
+            cache[key] = {k: out[k] for k in FEATURE_NAMES if k.endswith("_180d") or k in ("pv_1", "pv_2")}
 
     # wind bars
     w1, w2 = lc1[max(0, n_done - wind):], lc2[max(0, n_done - wind):]

@@ -1,0 +1,220 @@
+"""One pair's research: sweep the parameter sets, summarise, compute the statistics row.
+
+Pure computation over arrays already loaded (no database, no files), so the same
+function runs in a local worker process or on a Dask worker with the same result.
+
+Windows (selection.md section 1): train = [train_start, valid_time), test =
+[valid_time, end_time). z-scores are computed once per (spr_method, wind) over
+all ticks (a test tick's z uses only bars before it, which may lie in the train
+window: that is the past, not a leak) and reused by every parameter set.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from bot.analysis import estimators as est
+from bot.analysis.backtesting import SizingParams, TickArrays, run_backtest
+from bot.analysis.open_time_features import open_time_features
+from bot.analysis.signals import SignalParams
+from bot.analysis.strategy_analysis import analyze_strategy
+from bot.analysis.zscore import tf_seconds, zscore_multi
+from bot.config.model import StrategyConfig
+from bot.research.params import ParamSet
+
+STATS_COLUMNS = (
+    "coin1", "coin2", "std_1", "std_2", "corr", "dist", "std", "pv_1", "pv_2", "pr_ind", "pr_rat_ind",
+    "avg_pr_all", "pr_rat_all", "pr_best", "pr_rat_best", "loss_best", "max_drdn_best", "dur_best",
+    "trades_best", "best_param_id", "pr_test", "pr_rat_test", "loss_test", "max_drdn_test", "dur_test",
+    "trades_test",
+)
+MIN_TRAIN_BARS_EXTRA = 24  # bars beyond the largest window needed before valid_time
+
+
+@dataclass
+class PairInput:
+    token_1: str
+    token_2: str
+    tick_ts: np.ndarray
+    bid_1: np.ndarray
+    ask_1: np.ndarray
+    bid_2: np.ndarray
+    ask_2: np.ndarray
+    bar_ts: np.ndarray
+    close_1: np.ndarray
+    close_2: np.ndarray
+    train_start: float
+    valid_time: float
+    end_time: float
+    qty_step_1: float
+    qty_step_2: float
+    min_qty_1: float | None = None
+    min_qty_2: float | None = None
+    min_notional_1: float = 0.0
+    min_notional_2: float = 0.0
+    bars_only: bool = False
+    refs: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class PairOutcome:
+    token_1: str
+    token_2: str
+    status: str  # ok | skipped | failed
+    reason: str = ""
+    stats: dict[str, Any] = field(default_factory=dict)
+    summaries: list[dict[str, Any]] = field(default_factory=list)
+    trade_records: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _slice(ticks: TickArrays, lo: int, hi: int) -> TickArrays:
+    return TickArrays(*(getattr(ticks, f)[lo:hi] for f in TickArrays.__dataclass_fields__))
+
+
+def _signal(p: ParamSet, s: StrategyConfig) -> SignalParams:
+    return SignalParams(-p.in_, -p.out_, p.in_, p.out_, s.long_possible, s.short_possible, p.open_method,
+                        p.close_method, p.dist_in, p.dist_out, s.sl_std, s.sl_dist, s.sl_seconds, s.sl_method,
+                        s.latency_s)
+
+
+def _sizing(inp: PairInput, s: StrategyConfig, std_1: float, std_2: float) -> SizingParams:
+    ok = math.isfinite(std_1) and math.isfinite(std_2) and std_1 > 0 and std_2 > 0
+    return SizingParams(s.balance, s.order_size, s.min_order_size, s.leverage,
+                        s.qty_method if (ok or s.qty_method != "vol_neutral") else "usdt_neutral",
+                        std_1 if ok else 1.0, std_2 if ok else 1.0, s.fee_rate, inp.qty_step_1,
+                        inp.qty_step_2, inp.min_qty_1, inp.min_qty_2, inp.min_notional_1, inp.min_notional_2)
+
+
+def _daily_std(ts: np.ndarray, close: np.ndarray) -> float:
+    day = np.floor(ts / 86400.0)
+    last = np.flatnonzero(np.diff(day) != 0)
+    closes = close[np.concatenate([last, [close.shape[0] - 1]])] if close.size else close
+    if closes.shape[0] < 3:
+        return math.nan
+    return float(np.std(np.diff(np.log(closes)), ddof=1))
+
+
+def _summary(p: ParamSet, metrics: dict[str, Any]) -> dict[str, Any]:
+    return {"param_id": p.param_id, "params": p.as_dict(), "trades": int(metrics["trades"]),
+            "pr": metrics["pr"], "pr_rat": metrics["pr_rat"], "max_drdn": metrics["max_drdn"],
+            "loss": metrics["loss"], "avg_dur": metrics["avg_dur"], "metrics": metrics}
+
+
+def _best(summaries: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Best pr_rat; ties: more trades, then lower max_drdn (selection.md section 2)."""
+    ranked = [r for r in summaries if r["trades"] > 0]
+    if not ranked:
+        return None
+    return max(ranked, key=lambda r: (r["pr_rat"], r["trades"], -r["max_drdn"]))
+
+
+def run_pair(
+    inp: PairInput,
+    param_sets: list[ParamSet],
+    default: ParamSet,
+    strategy: StrategyConfig,
+    with_features: bool = True,
+    median_length: int | None = None,
+) -> PairOutcome:
+    """Sweep `param_sets` on the train window, then the best set on the test window."""
+    out = PairOutcome(inp.token_1, inp.token_2, "ok")
+    t_start = time.perf_counter()
+    tf = default.tf
+    tf_s = tf_seconds(tf)
+    winds = sorted({p.wind for p in param_sets} | {default.wind})
+    n_train_bars = int(np.searchsorted(inp.bar_ts, inp.valid_time, side="left"))
+    n_before = int(np.searchsorted(inp.bar_ts, inp.train_start, side="left"))
+    if n_train_bars < max(winds) + MIN_TRAIN_BARS_EXTRA:
+        out.status, out.reason = "skipped", f"too little history: {n_train_bars} bars before valid_time"
+        return out
+    lo = int(np.searchsorted(inp.tick_ts, inp.train_start, side="left"))
+    mid = int(np.searchsorted(inp.tick_ts, inp.valid_time, side="left"))
+    hi = int(np.searchsorted(inp.tick_ts, inp.end_time, side="left"))
+    if mid - lo < 10:
+        out.status, out.reason = "skipped", f"too few ticks in the train window ({mid - lo})"
+        return out
+    m = median_length if median_length is not None else (1 if inp.bars_only else strategy.median_length)
+    mid_1 = (inp.bid_1 + inp.ask_1) / 2
+    mid_2 = (inp.bid_2 + inp.ask_2) / 2
+    zs: dict[tuple[str, int], TickArrays] = {}
+    for method in sorted({p.spr_method for p in param_sets} | {default.spr_method}):
+        res = zscore_multi(inp.tick_ts, mid_1, mid_2, inp.bar_ts, inp.close_1, inp.close_2, tf, winds, method, m)
+        for w, cols in res.items():
+            zs[(method, w)] = TickArrays(inp.tick_ts, cols.z_score, inp.bid_1, inp.ask_1, inp.bid_2,
+                                         inp.ask_2, cols.beta)
+    out.timings["zscore_s"] = time.perf_counter() - t_start
+
+    # pair statistics on the train bars (no look-ahead: bars before valid_time)
+    tb = slice(n_before, n_train_bars)
+    l1, l2 = np.log(inp.close_1[tb]), np.log(inp.close_2[tb])
+    std_1, std_2 = _daily_std(inp.bar_ts[tb], inp.close_1[tb]), _daily_std(inp.bar_ts[tb], inp.close_2[tb])
+    dist, dist_std = est.distance(l1, l2)
+    stats: dict[str, Any] = dict.fromkeys(STATS_COLUMNS)
+    stats.update(coin1=inp.token_1, coin2=inp.token_2, std_1=std_1, std_2=std_2,
+                 corr=est.corr(np.diff(l1), np.diff(l2)), dist=dist, std=dist_std,
+                 pv_1=est.engle_granger(l1, l2).pvalue, pv_2=est.engle_granger(l2, l1).pvalue)
+    sizing = _sizing(inp, strategy, std_1, std_2)
+
+    t0 = time.perf_counter()
+    feature_cache: dict[Any, Any] = {}
+    t_feat = 0.0
+    for p in param_sets:
+        res = run_backtest(_slice(zs[p.z_key], lo, mid), _signal(p, strategy), sizing, strategy.force_close,
+                           token_1=inp.token_1, token_2=inp.token_2)
+        metrics = analyze_strategy(res.trades, inp.train_start, inp.valid_time, strategy.balance)
+        summary = _summary(p, metrics)
+        summary["skipped_entries"] = res.skipped_entries
+        out.summaries.append(summary)
+        if with_features and res.trades.height:
+            tf0 = time.perf_counter()
+            for tr in res.trades.iter_rows(named=True):
+                pos = {"pos_side": tr["pos_side"], "qty_1": tr["qty_1"], "qty_2": tr["qty_2"]}
+                feats = open_time_features(
+                    tr["open_ts"], inp.bar_ts, inp.close_1, inp.close_2, tf_s, p.wind,
+                    None if inp.bars_only else inp.tick_ts, None if inp.bars_only else mid_1,
+                    None if inp.bars_only else mid_2, inp.refs, pos, cache=feature_cache,
+                )
+                trade = {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in tr.items()}
+                out.trade_records.append({"token_1": inp.token_1, "token_2": inp.token_2, **p.as_dict(),
+                                          **trade, **feats})
+            t_feat += time.perf_counter() - tf0
+    out.timings["backtests_s"] = time.perf_counter() - t0 - t_feat
+    out.timings["features_s"] = t_feat
+
+    ind = run_backtest(_slice(zs[default.z_key], lo, mid), _signal(default, strategy), sizing,
+                       strategy.force_close)
+    ind_m = analyze_strategy(ind.trades, inp.train_start, inp.valid_time, strategy.balance)
+    stats.update(pr_ind=ind_m["pr"], pr_rat_ind=ind_m["pr_rat"])
+    if out.summaries:
+        stats["avg_pr_all"] = float(np.mean([r["pr"] for r in out.summaries]))
+        stats["pr_rat_all"] = float(np.mean([r["pr_rat"] for r in out.summaries]))
+    best = _best(out.summaries)
+    if best is not None:
+        stats.update(pr_best=best["pr"], pr_rat_best=best["pr_rat"], loss_best=best["loss"],
+                     max_drdn_best=best["max_drdn"], dur_best=best["avg_dur"], trades_best=best["trades"],
+                     best_param_id=best["param_id"])
+        if hi > mid:
+            bp = next(p for p in param_sets if p.param_id == best["param_id"])
+            test = run_backtest(_slice(zs[bp.z_key], mid, hi), _signal(bp, strategy), sizing, True)
+            tm = analyze_strategy(test.trades, inp.valid_time, inp.end_time, strategy.balance)
+            stats.update(pr_test=tm["pr"], pr_rat_test=tm["pr_rat"], loss_test=tm["loss"],
+                         max_drdn_test=tm["max_drdn"], dur_test=tm["avg_dur"], trades_test=tm["trades"])
+    out.stats = stats
+    out.timings["total_s"] = time.perf_counter() - t_start
+    return out
+
+
+def stats_frame(outcomes: list[PairOutcome]) -> pl.DataFrame:
+    """The notebook's all_pairs layout: one row per pair that ran (STATS_COLUMNS)."""
+    rows = [o.stats for o in outcomes if o.status == "ok"]
+    schema = {c: (pl.Utf8 if c in ("coin1", "coin2") else pl.Float64) for c in STATS_COLUMNS}
+    if not rows:
+        return pl.DataFrame(schema=schema)
+    return pl.DataFrame([{c: r.get(c) for c in STATS_COLUMNS} for r in rows], schema=schema)

@@ -1,0 +1,188 @@
+"""The research run: load pairs from the database, sweep them in parallel, store everything.
+
+Outputs of one run (selection.md sections 2, 4): a `backtest_runs` row; one
+`pair_stats` row per candidate pair (status ok / skipped / failed with the
+reason); one `sweep_results` row per (pair, parameter set); one JSON line per
+swept trade (parameters | trade | open-time features) appended to the trades log;
+optionally the statistics as parquet (the notebook's all_pairs.parquet layout).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from bot.config.model import BotConfig
+from bot.core.db import research as repo
+from bot.core.db.market import coin_information, load_pair_data, to_utc
+from bot.research.executor import Task, run_tasks
+from bot.research.jsonl import JsonlLog
+from bot.research.pair_job import PairInput, PairOutcome, run_pair, stats_frame
+from bot.research.params import ParamSet, default_params, sample_params
+
+log = logging.getLogger(__name__)
+
+
+class SkipPair(Exception):
+    """A pair that cannot run; the message is the recorded reason."""
+
+
+@dataclass
+class SweepReport:
+    run_id: int
+    outcomes: list[PairOutcome]
+    trades_logged: int
+    wall_s: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def stats(self) -> pl.DataFrame:
+        return stats_frame(self.outcomes)
+
+    def counts(self) -> dict[str, int]:
+        out = {"ok": 0, "skipped": 0, "failed": 0}
+        for o in self.outcomes:
+            out[o.status] = out.get(o.status, 0) + 1
+        return out
+
+
+def assumed_qty_step(price: float) -> float:
+    """A Bybit-like qty step for a price when no instrument info exists (imported candles)."""
+    exp = round(math.log10(1.0 / price))
+    return float(10.0 ** min(max(exp, -3), 2))
+
+
+async def load_input(db: Any, cfg: BotConfig, t1: str, t2: str, train_start: dt.datetime, valid: dt.datetime,
+                     end: dt.datetime, max_wind: int, info: dict[str, Any], assume_instruments: bool) -> PairInput:
+    s = cfg.strategy
+    metas = []
+    for t in (t1, t2):
+        meta = info.get(f"{t}_USDT")
+        if meta is None and not assume_instruments:
+            raise SkipPair(f"no instrument info for {t}")
+        metas.append(meta)
+    tick_df, agg = await load_pair_data(db, t1, t2, train_start, end, s.tf, max_wind, cfg.data.reference_symbols)
+    if agg.height == 0 or tick_df.height == 0:
+        raise SkipPair(f"no data for {t1}/{t2} in the window (unknown token or no history)")
+    bars_only = tick_df[f"{t1}_bid_size"].null_count() == tick_df.height
+    hs = s.half_spread_bp * 1e-4
+    if bars_only:
+        # synthetic quotes from the configured half spread (load_data assumes 1 bp)
+        bid_1, ask_1 = tick_df[t1].to_numpy() * (1 - hs), tick_df[t1].to_numpy() * (1 + hs)
+        bid_2, ask_2 = tick_df[t2].to_numpy() * (1 - hs), tick_df[t2].to_numpy() * (1 + hs)
+    else:
+        bid_1, ask_1 = tick_df[f"{t1}_bid_price"].to_numpy(), tick_df[f"{t1}_ask_price"].to_numpy()
+        bid_2, ask_2 = tick_df[f"{t2}_bid_price"].to_numpy(), tick_df[f"{t2}_ask_price"].to_numpy()
+    steps = [m["qty_step"] if m else assumed_qty_step(float(agg[t][0])) for m, t in zip(metas, (t1, t2), strict=True)]
+    refs = {r.lower(): agg[r].cast(pl.Float64).to_numpy() for r in cfg.data.reference_symbols if r in agg.columns}
+    return PairInput(
+        t1, t2, tick_df["ts"].cast(pl.Float64).to_numpy(), np.ascontiguousarray(bid_1), np.ascontiguousarray(ask_1),
+        np.ascontiguousarray(bid_2), np.ascontiguousarray(ask_2), agg["ts"].cast(pl.Float64).to_numpy(),
+        agg[t1].cast(pl.Float64).to_numpy(), agg[t2].cast(pl.Float64).to_numpy(), train_start.timestamp(),
+        valid.timestamp(), end.timestamp(), steps[0], steps[1],
+        metas[0]["min_qty"] if metas[0] else None, metas[1]["min_qty"] if metas[1] else None,
+        (metas[0]["min_notional"] or 0.0) if metas[0] else 0.0, (metas[1]["min_notional"] or 0.0) if metas[1] else 0.0,
+        bars_only, refs,
+    )
+
+
+def _progress(total: int) -> Any:
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, unit="pair", desc="sweep")
+
+        def tick(o: PairOutcome) -> None:
+            bar.update(1)
+            bar.set_postfix_str(f"{o.token_1}/{o.token_2} {o.status}")
+
+        tick.close = bar.close  # type: ignore[attr-defined]
+        return tick
+    done = [0]
+
+    def line(o: PairOutcome) -> None:
+        done[0] += 1
+        log.info("sweep %d/%d %s/%s %s %s", done[0], total, o.token_1, o.token_2, o.status, o.reason)
+
+    line.close = lambda: None  # type: ignore[attr-defined]
+    return line
+
+
+async def run_sweep(
+    db: Any,
+    cfg: BotConfig,
+    pairs: list[tuple[str, str]],
+    *,
+    iters: int,
+    seed: int,
+    train_start: dt.datetime,
+    valid_time: dt.datetime,
+    end_time: dt.datetime,
+    workers: int | None = None,
+    with_features: bool = True,
+    trades_log: str | Path | None = None,
+    parquet_path: str | Path | None = None,
+    assume_instruments: bool = False,
+    param_sets: list[ParamSet] | None = None,
+    kind: str = "sweep",
+    executor: Any = None,
+) -> SweepReport:
+    """Sweep every pair (skipping, with a reason, those that cannot run) and store the results."""
+    t0 = time.perf_counter()
+    pool = getattr(db, "pool", db)
+    sets = param_sets if param_sets is not None else sample_params(cfg.research, cfg.strategy, iters, seed)
+    default = default_params(cfg.strategy)
+    max_wind = max([p.wind for p in sets] + [default.wind])
+    run_id = await repo.start_run(pool, kind, {
+        "pairs": len(pairs), "iters": len(sets), "seed": seed, "train_start": train_start.isoformat(),
+        "valid_time": valid_time.isoformat(), "end_time": end_time.isoformat()})
+    try:
+        info = (await coin_information(db))["bybit_linear"]
+        tasks: list[Task] = []
+        skipped: list[PairOutcome] = []
+        for t1, t2 in pairs:
+            try:
+                inp = await load_input(db, cfg, t1, t2, to_utc(train_start), to_utc(valid_time), to_utc(end_time),
+                                       max_wind, info, assume_instruments)
+            except SkipPair as why:
+                log.warning("skipping %s/%s: %s", t1, t2, why)
+                skipped.append(PairOutcome(t1, t2, "skipped", str(why)))
+                continue
+            tasks.append((t1, t2, functools.partial(run_pair, inp, sets, default, cfg.strategy, with_features)))
+        t_load = time.perf_counter() - t0
+        progress = _progress(len(tasks))
+        try:
+            run = executor or run_tasks
+            outcomes = run(tasks, workers=workers or cfg.compute.workers, dask_address=cfg.compute.dask_scheduler,
+                           progress=progress) if executor is None else run(tasks, progress=progress)
+        finally:
+            progress.close()  # type: ignore[attr-defined]
+        outcomes = outcomes + skipped
+        for o in outcomes:
+            if o.status != "ok":
+                log.warning("%s/%s %s: %s", o.token_1, o.token_2, o.status, o.reason)
+        logged = 0
+        if trades_log is not None:
+            jl = JsonlLog(trades_log)
+            for o in outcomes:
+                logged += jl.append(o.trade_records)
+        await repo.write_outcomes(pool, run_id, outcomes)
+        report = SweepReport(run_id, outcomes, logged, time.perf_counter() - t0, {"load_s": t_load})
+        if parquet_path is not None:
+            Path(parquet_path).parent.mkdir(parents=True, exist_ok=True)
+            report.stats.write_parquet(parquet_path)
+        await repo.finish_run(pool, run_id, "ok")
+        return report
+    except BaseException as err:
+        await repo.finish_run(pool, run_id, "failed", f"{type(err).__name__}: {err}")
+        raise

@@ -1,7 +1,7 @@
 """Run pair jobs in parallel: local worker processes, or a Dask cluster.
 
-Local: one forked process per pair, at most `workers` at a time; the outcome comes
-back through a pipe. A process that dies without answering (killed, out of
+Local: `workers` spawned worker processes, each running one pair at a time; the
+outcome comes back through a pipe. A process that dies without answering (killed, out of
 memory) costs only its pair: it is retried once, then reported as failed. An
 exception inside the job is reported as that pair's failure (no retry: it would
 fail the same way). With a Dask scheduler address the same function runs on the
@@ -27,59 +27,92 @@ Task = tuple[str, str, Callable[[], PairOutcome]]
 Progress = Callable[[PairOutcome], None]
 
 
-def _child(fn: Callable[[], PairOutcome], conn: Connection, t1: str, t2: str) -> None:
-    try:
-        outcome = fn()
-    except Exception as err:  # reported as the pair's failure, never swallowed
-        outcome = PairOutcome(t1, t2, "failed", f"{type(err).__name__}: {err}",
-                              timings={"traceback": 0.0})
-        log.debug("pair %s/%s failed:\n%s", t1, t2, traceback.format_exc())
-    conn.send_bytes(pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL))
-    conn.close()
+def _worker_loop(conn: Connection) -> None:
+    """A persistent worker: receive a pickled (t1, t2, fn), answer a pickled PairOutcome."""
+    while True:
+        try:
+            data = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        t1, t2, fn = pickle.loads(data)
+        try:
+            outcome = fn()
+        except Exception as err:  # reported as the pair's failure, never swallowed
+            log.debug("pair %s/%s failed:\n%s", t1, t2, traceback.format_exc())
+            outcome = PairOutcome(t1, t2, "failed", f"{type(err).__name__}: {err}")
+        conn.send_bytes(pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+class _Worker:
+    def __init__(self, ctx: Any):
+        self.conn, child = ctx.Pipe(duplex=True)
+        self.proc = ctx.Process(target=_worker_loop, args=(child,), daemon=True)
+        self.proc.start()
+        child.close()
+        self.task: int | None = None
+
+    def stop(self) -> None:
+        try:
+            self.conn.close()
+        finally:
+            self.proc.join(timeout=5)
+            if self.proc.is_alive():
+                self.proc.kill()
 
 
 def run_local(tasks: Sequence[Task], workers: int | None = None, progress: Progress | None = None,
               max_attempts: int = 2) -> list[PairOutcome]:
-    """Run every task in forked worker processes; results in task order."""
-    ctx = mp.get_context("fork")
-    workers = max(1, workers or os.cpu_count() or 1)
+    """Run every task on `workers` spawned worker processes; results in task order.
+
+    Workers are spawned, not forked: the parent holds thread pools (polars, numba)
+    that a fork would copy mid-lock. Each worker runs one task at a time, so a dead
+    worker names its task exactly; it is replaced and the task retried once.
+    """
+    ctx = mp.get_context("spawn")
+    n = max(1, min(workers or os.cpu_count() or 1, len(tasks) or 1))
     results: dict[int, PairOutcome] = {}
     attempts = [0] * len(tasks)
     queue = list(range(len(tasks)))
-    running: dict[Any, tuple[int, Any, Connection]] = {}
-
-    def start(i: int) -> None:
-        t1, t2, fn = tasks[i]
-        attempts[i] += 1
-        recv, send = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=_child, args=(fn, send, t1, t2), daemon=True)
-        proc.start()
-        send.close()
-        running[recv] = (i, proc, recv)
-
-    while queue or running:
-        while queue and len(running) < workers:
-            start(queue.pop(0))
-        ready = wait(list(running.keys()))
-        for conn in ready:
-            i, proc, recv = running.pop(conn)  # type: ignore[index]
-            try:
-                outcome: PairOutcome | None = pickle.loads(recv.recv_bytes())
-            except (EOFError, OSError):
-                outcome = None
-            recv.close()
-            proc.join()
-            if outcome is None:
-                t1, t2, _ = tasks[i]
-                if attempts[i] < max_attempts:
-                    log.warning("worker for %s/%s died (exit code %s): retrying", t1, t2, proc.exitcode)
-                    queue.append(i)
+    pool = [_Worker(ctx) for _ in range(n)]
+    try:
+        while queue or any(w.task is not None for w in pool):
+            for w in pool:
+                if w.task is None and queue:
+                    i = queue.pop(0)
+                    attempts[i] += 1
+                    w.task = i
+                    w.conn.send_bytes(pickle.dumps(tasks[i], protocol=pickle.HIGHEST_PROTOCOL))
+            busy = [w for w in pool if w.task is not None]
+            ready = set(wait([w.conn for w in busy] + [w.proc.sentinel for w in busy]))
+            for k, w in enumerate(pool):
+                if w.task is None or not (w.conn in ready or w.proc.sentinel in ready):
                     continue
-                outcome = PairOutcome(t1, t2, "failed",
-                                      f"worker died (exit code {proc.exitcode}) {attempts[i]} times")
-            results[i] = outcome
-            if progress is not None:
-                progress(outcome)
+                i = w.task
+                outcome: PairOutcome | None = None
+                if w.conn.poll():
+                    try:
+                        outcome = pickle.loads(w.conn.recv_bytes())
+                    except (EOFError, OSError):
+                        outcome = None
+                if outcome is None and w.proc.is_alive():
+                    continue  # answer not complete yet
+                w.task = None
+                if outcome is None:  # the worker died on this task
+                    t1, t2, _ = tasks[i]
+                    code = w.proc.exitcode
+                    w.stop()
+                    pool[k] = _Worker(ctx)
+                    if attempts[i] < max_attempts:
+                        log.warning("worker for %s/%s died (exit code %s): retrying", t1, t2, code)
+                        queue.insert(0, i)
+                        continue
+                    outcome = PairOutcome(t1, t2, "failed", f"worker died (exit code {code}) {attempts[i]} times")
+                results[i] = outcome
+                if progress is not None:
+                    progress(outcome)
+    finally:
+        for w in pool:
+            w.stop()
     return [results[i] for i in range(len(tasks))]
 
 
@@ -94,7 +127,7 @@ def run_dask(tasks: Sequence[Task], address: str, progress: Progress | None = No
         except Exception as err:
             return PairOutcome(t1, t2, "failed", f"{type(err).__name__}: {err}")
 
-    with Client(address, set_as_default=False) as client:
+    with Client(address) as client:
         futures = [client.submit(call, fn, t1, t2, retries=1, pure=False) for t1, t2, fn in tasks]
         index = {f.key: k for k, f in enumerate(futures)}
         results: dict[int, PairOutcome] = {}

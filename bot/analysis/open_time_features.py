@@ -13,9 +13,9 @@ Definitions (windows count completed bars before t0; prices in logs):
   beta_1_180d: OLS slope of ln p1 on ln p2, beta_2_180d the reverse; pv_1, pv_2:
   Engle-Granger p-values (p1 on p2, p2 on p1); tls_beta_180d: orthogonal-regression
   slope of ln p1 on ln p2; coint_180d / johansen_beta_180d: Johansen trace test.
-- ``*_wind``: the last `wind` bars. ``*_12h``: 5-minute closes of the last 12 hours
-  resampled from the ticks (144 points), or the bars of the last 12 h when there
-  are no ticks (bars-only mode).
+- ``*_wind``: the last `wind` bars (NaN until `wind` bars exist). ``*_12h``: 5-minute
+  closes of the last 12 hours resampled from the ticks (144 points), or the bars of
+  the last 12 h when there are no ticks (bars-only mode); NaN with fewer than 6 points.
 - log spread = ln p1 - ln p2; lr spread = OLS residual of ln p1 on ln p2 in the
   same window. mean_wind / mean_12h: mean log spread; mean_diff = (mean_12h -
   mean_wind) / std(log spread over wind); std_i_wind / std_i_12h: std of log
@@ -139,9 +139,9 @@ def open_time_features(
     # 180 days
     k180 = int(np.searchsorted(bts, t0 - 180 * 86400, side="left"))
     y1, y2, t180 = lc1[k180:], lc2[k180:], bts[k180:]
-    days = (t0 - t180[0]) / 86400.0 if t180.size else 0.0
+    days = (t0 - bts[0]) / 86400.0 if bts.size else 0.0  # all the history there is
     out["history_days_180d"] = min(days, 180.0)
-    out["short_history_180d"] = float(days < 180.0 - 1e-9)
+    out["short_history_180d"] = float(days < 180.0)
     key = ("180d", n_done)
     if cache is not None and key in cache:
         out.update(cache[key])
@@ -161,7 +161,7 @@ def open_time_features(
 
     # wind bars
     w1, w2 = lc1[max(0, n_done - wind):], lc2[max(0, n_done - wind):]
-    if w1.size >= 3 and np.isfinite(w1).all() and np.isfinite(w2).all():
+    if w1.size >= max(wind, 3) and np.isfinite(w1).all() and np.isfinite(w2).all():
         log_spread = w1 - w2
         lr = _lr_resid(w1, w2)
         out["mean_wind"] = float(log_spread.mean())
@@ -207,14 +207,14 @@ def open_time_features(
     if s1 is None or s2 is None:
         k12 = int(np.searchsorted(bts, t0 - 12 * 3600, side="left"))
         s1, s2 = lc1[k12:], lc2[k12:]
-    if s1.size >= 3 and np.isfinite(s1).all() and np.isfinite(s2).all():
+    if s1.size >= 6 and np.isfinite(s1).all() and np.isfinite(s2).all():
         lr12 = _lr_resid(s1, s2)
         out["mean_12h"] = float(np.mean(s1 - s2))
         out["std_1_12h"], out["std_2_12h"] = _std_ret(s1), _std_ret(s2)
         out["tls_beta_12h"] = est.tls_beta(s1, s2)
         out["hurst_12h"] = est.hurst_exponent(lr12)
         out["trend_12h"] = est.linear_trend(lr12, step_h)
-        if math.isfinite(out["mean_wind"]) and w1.size >= 3:
+        if math.isfinite(out["mean_wind"]):
             sd = float(np.std(w1 - w2, ddof=1))
             out["mean_diff"] = (out["mean_12h"] - out["mean_wind"]) / sd if sd > 0 else math.nan
 
@@ -225,7 +225,9 @@ def open_time_features(
     p2 = math.exp(lc2[-1]) if lc2.size else math.nan
     n1 = float(pos["qty_1"]) * p1 if "qty_1" in pos else 100.0
     n2 = float(pos["qty_2"]) * p2 if "qty_2" in pos else 100.0
-    for name, a, b in (("wind", w1, w2), ("12h", s1, s2)):
+    for name, a, b, need in (("wind", w1, w2, max(wind, 3)), ("12h", s1, s2, 6)):
+        if a.size < need:
+            continue
         m, up, down = _sensitivity(a, b, side, n1, n2)
         out[f"profit_sensitivity_{name}_mean"] = m
         out[f"profit_sensitivity_{name}_pos"] = up

@@ -35,7 +35,7 @@ def _setup_logging(verbose: int) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bot.cli import backtest_cmd, data_cmds
+    from bot.cli import backtest_cmd, data_cmds, research_cmds
 
     parser = argparse.ArgumentParser(prog="bot", description="Pairs-trading bot for Bybit USDT perpetuals")
     parser.add_argument("--config", metavar="PATH", help="config.yaml (else $BOT_CONFIG, ./config.yaml, the example)")
@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     data_cmds.register(sub)
     backtest_cmd.register(sub)
+    research_cmds.register(sub)
     return parser
 
 
@@ -85,6 +86,7 @@ def run_command(func: Callable[[argparse.Namespace, Any], int], args: argparse.N
     from bot.core.db.migrate import SchemaTooNew
     from bot.core.db.pool import DatabaseUnavailable
     from bot.core.importer import ImportFileError
+    from bot.research.pairs_file import PairsFileError
 
     try:
         cfg = load(args.config) if getattr(args, "needs_config", True) else None
@@ -97,7 +99,7 @@ def run_command(func: Callable[[argparse.Namespace, Any], int], args: argparse.N
     except (DatabaseUnavailable, SchemaTooNew) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_FAIL
-    except (ImportFileError, UsageError, ValueError) as err:
+    except (ImportFileError, PairsFileError, UsageError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -43,7 +43,8 @@ def _adf_tstat_nc(x: np.ndarray) -> tuple[float, int]:
     ceil(12 (n/100)^(1/4)) capped at n//2 - 1; every lag 0..maxlag is fitted on the
     same sample (the one of maxlag) and the smallest AIC wins (ties: fewer lags);
     then the chosen lag is refitted on its own, longer sample. The nested fits come
-    from one QR factorisation: SSR_k = |y|^2 - sum_{j<k} (Q'y)_j^2.
+    from one triangular factor R (Cholesky of X'X, or QR if that fails):
+    SSR_k = |y|^2 - sum_{j<k} (R^-T X'y)_j^2.
     """
     nobs = x.shape[0]
     maxlag = int(np.ceil(12.0 * np.power(nobs / 100.0, 1 / 4.0)))
@@ -61,11 +62,19 @@ def _adf_tstat_nc(x: np.ndarray) -> tuple[float, int]:
 
     full, y = design(maxlag)
     n = y.shape[0]
-    q, r = np.linalg.qr(full)
-    qy = q.T @ y
+    # nested least squares from the Cholesky factor of the Gram matrix (R of a QR):
+    # z = L^-1 X'y, SSR_k = y'y - sum_{j<k} z_j^2
+    gram = full.T @ full
+    try:
+        chol = np.linalg.cholesky(gram)
+        qy = np.linalg.solve(chol, full.T @ y)
+        diag = np.abs(np.diag(chol))
+    except np.linalg.LinAlgError:
+        q, r = np.linalg.qr(full)
+        qy = q.T @ y
+        diag = np.abs(np.diag(r))
     yy = float(y @ y)
     best_aic, best_k = math.inf, 1
-    diag = np.abs(np.diag(r))
     for k in range(1, maxlag + 2):
         if diag[k - 1] <= 1e-12 * max(diag[0], 1e-300):
             break  # rank deficient beyond this column

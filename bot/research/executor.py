@@ -43,11 +43,25 @@ def _worker_loop(conn: Connection) -> None:
         conn.send_bytes(pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL))
 
 
+_ONE_THREAD = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS",
+               "POLARS_MAX_THREADS")
+
+
 class _Worker:
     def __init__(self, ctx: Any):
         self.conn, child = ctx.Pipe(duplex=True)
         self.proc = ctx.Process(target=_worker_loop, args=(child,), daemon=True)
-        self.proc.start()
+        # one thread per worker: N workers x M BLAS/polars threads on N cores thrash
+        saved = {k: os.environ.get(k) for k in _ONE_THREAD}
+        os.environ.update(dict.fromkeys(_ONE_THREAD, "1"))
+        try:
+            self.proc.start()
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
         child.close()
         self.task: int | None = None
 

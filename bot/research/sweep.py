@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from bot.analysis.zscore import tf_seconds
 from bot.config.model import BotConfig
 from bot.core.db import research as repo
-from bot.core.db.market import coin_information, load_pair_data, to_utc
+from bot.core.db.market import coin_information, load_pair_data, read_bars, symbol_of, to_utc
 from bot.research.executor import Task, run_tasks
 from bot.research.jsonl import JsonlLog
 from bot.research.pair_job import PairInput, PairOutcome, run_pair, stats_frame
@@ -63,7 +64,8 @@ def assumed_qty_step(price: float) -> float:
 
 
 async def load_input(db: Any, cfg: BotConfig, t1: str, t2: str, train_start: dt.datetime, valid: dt.datetime,
-                     end: dt.datetime, max_wind: int, info: dict[str, Any], assume_instruments: bool) -> PairInput:
+                     end: dt.datetime, max_wind: int, info: dict[str, Any], assume_instruments: bool,
+                     bars_long: pl.DataFrame | None = None) -> PairInput:
     s = cfg.strategy
     metas = []
     for t in (t1, t2):
@@ -71,7 +73,8 @@ async def load_input(db: Any, cfg: BotConfig, t1: str, t2: str, train_start: dt.
         if meta is None and not assume_instruments:
             raise SkipPair(f"no instrument info for {t}")
         metas.append(meta)
-    tick_df, agg = await load_pair_data(db, t1, t2, train_start, end, s.tf, max_wind, cfg.data.reference_symbols)
+    tick_df, agg = await load_pair_data(db, t1, t2, train_start, end, s.tf, max_wind, cfg.data.reference_symbols,
+                                        bars_long)
     if agg.height == 0 or tick_df.height == 0:
         raise SkipPair(f"no data for {t1}/{t2} in the window (unknown token or no history)")
     bars_only = tick_df[f"{t1}_bid_size"].null_count() == tick_df.height
@@ -148,12 +151,17 @@ async def run_sweep(
         "valid_time": valid_time.isoformat(), "end_time": end_time.isoformat()})
     try:
         info = (await coin_information(db))["bybit_linear"]
+        # every pair's bars (and the reference symbols') in one query
+        tokens = sorted({t for pair in pairs for t in pair} | set(cfg.data.reference_symbols))
+        warm = dt.timedelta(seconds=tf_seconds(cfg.strategy.tf) * max_wind)
+        bars_long = await read_bars(db, [symbol_of(t) for t in tokens], cfg.strategy.tf,
+                                    to_utc(train_start) - warm, to_utc(end_time))
         tasks: list[Task] = []
         skipped: list[PairOutcome] = []
         for t1, t2 in pairs:
             try:
                 inp = await load_input(db, cfg, t1, t2, to_utc(train_start), to_utc(valid_time), to_utc(end_time),
-                                       max_wind, info, assume_instruments)
+                                       max_wind, info, assume_instruments, bars_long)
             except SkipPair as why:
                 log.warning("skipping %s/%s: %s", t1, t2, why)
                 skipped.append(PairOutcome(t1, t2, "skipped", str(why)))

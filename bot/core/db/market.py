@@ -514,7 +514,8 @@ def bars_wide(long: pl.DataFrame, tokens: Sequence[str]) -> pl.DataFrame:
 
 
 async def load_pair_data(db: Any, token_1: str, token_2: str, start: Any, end: Any, tf: str, wind: int,
-                         reference_tokens: Sequence[str] = ("BTC", "ETH", "SOL")) -> tuple[pl.DataFrame, pl.DataFrame]:
+                         reference_tokens: Sequence[str] = ("BTC", "ETH", "SOL"),
+                         bars_long: pl.DataFrame | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(tick_df, agg_df) in the notebook's layout.
 
     tick_df: quotes of both tokens with start <= ts < end, inner-aligned on ts;
@@ -524,13 +525,19 @@ async def load_pair_data(db: Any, token_1: str, token_2: str, start: Any, end: A
     at the bar's open time with bid/ask = close -/+ 1 bp and sizes null.
     agg_df: bars with open time in [start - wind * tf, end): `time`, `ts`, and the
     bar close per token (the pair's tokens inner-aligned; reference tokens
-    BTC/ETH/SOL left-joined when present).
+    BTC/ETH/SOL left-joined when present). `bars_long` (a read_bars frame covering the
+    window for these symbols) saves the bar query when many pairs are loaded.
     """
     t1, t2 = token_of(token_1), token_of(token_2)
     lo, hi = to_utc(start), to_utc(end)
     warm = dt.timedelta(seconds=tf_seconds(tf) * int(wind))
     refs = [r for r in reference_tokens if r not in (t1, t2)]
-    long = await read_bars(db, [symbol_of(t) for t in (t1, t2, *refs)], tf, lo - warm, hi)
+    wanted = [symbol_of(t) for t in (t1, t2, *refs)]
+    if bars_long is not None:
+        lo_s, hi_s = (lo - warm).timestamp(), hi.timestamp()
+        long = bars_long.filter(pl.col("symbol").is_in(wanted) & (pl.col("ts") >= lo_s) & (pl.col("ts") < hi_s))
+    else:
+        long = await read_bars(db, wanted, tf, lo - warm, hi)
     agg = bars_wide(long, [t1, t2])
     for r in refs:
         part = long.filter(pl.col("symbol") == symbol_of(r)).select(

@@ -128,3 +128,28 @@ async def test_dask_cluster_gives_the_local_results(db: Database, cfg, pairs, tm
         assert a.summaries == b.summaries
     la = (tmp_path / "l" / "trades.jsonl").read_text()
     assert la == (tmp_path / "d" / "trades.jsonl").read_text()
+
+
+async def test_too_little_history_is_skipped_and_recorded(db: Database, cfg, pairs, tmp_path: Path) -> None:
+    rep = await _sweep(db, cfg, pairs[:1], tmp_path, valid_time=START + dt.timedelta(days=3),
+                       train_start=START + dt.timedelta(days=1), with_features=False, workers=1)
+    (o,) = rep.outcomes
+    assert o.status == "skipped" and "too little history" in o.reason
+    rows = await repo.read_pair_stats(db.pool, rep.run_id)
+    assert rows[0]["status"] == "skipped" and "too little history" in rows[0]["reason"]
+
+
+async def test_stats_command(db: Database, pairs, tmp_path: Path) -> None:
+    from tests.cli.test_cli import run_bot
+
+    pf = tmp_path / "pairs.txt"
+    pf.write_text("".join(f"{a} {b}\n" for a, b in pairs))
+    cfg_file = tmp_path / "config.yaml"
+    cfg_file.write_text("strategy:\n  wind: 48\n  min_order_size: 0\n")
+    out = tmp_path / "ap.parquet"
+    res = run_bot("--config", str(cfg_file), "stats", "--pairs", str(pf), "--start", TRAIN.isoformat(),
+                  "--valid", VALID.isoformat(), "--end", END.isoformat(), "--iters", "5", "--workers", "2",
+                  "--out", str(out), env={"BOT_DATABASE_DSN": db.dsn})
+    assert res.returncode == 0, res.stderr
+    assert "3 ok, 0 skipped, 0 failed" in res.stdout
+    assert pl.read_parquet(out).height == 3

@@ -35,7 +35,7 @@ def _setup_logging(verbose: int) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bot.cli import backtest_cmd, data_cmds, research_cmds
+    from bot.cli import backtest_cmd, data_cmds, model_cmds, research_cmds
 
     parser = argparse.ArgumentParser(prog="bot", description="Pairs-trading bot for Bybit USDT perpetuals")
     parser.add_argument("--config", metavar="PATH", help="config.yaml (else $BOT_CONFIG, ./config.yaml, the example)")
@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_cmds.register(sub)
     backtest_cmd.register(sub)
     research_cmds.register(sub)
+    model_cmds.register(sub)
     return parser
 
 
@@ -86,6 +87,7 @@ def run_command(func: Callable[[argparse.Namespace, Any], int], args: argparse.N
     from bot.core.db.migrate import SchemaTooNew
     from bot.core.db.pool import DatabaseUnavailable
     from bot.core.importer import ImportFileError
+    from bot.research.model import ModelError
     from bot.research.pairs_file import PairsFileError
 
     try:
@@ -96,7 +98,7 @@ def run_command(func: Callable[[argparse.Namespace, Any], int], args: argparse.N
         for p in err.problems:
             print(f"  {p}", file=sys.stderr)
         return EXIT_USAGE
-    except (DatabaseUnavailable, SchemaTooNew) as err:
+    except (DatabaseUnavailable, SchemaTooNew, ModelError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_FAIL
     except (ImportFileError, PairsFileError, UsageError, ValueError) as err:

@@ -22,6 +22,7 @@ def register(sub: Any) -> None:
         p.add_argument("--iters", type=int, help="parameter sets per pair (default: research.iters)")
         p.add_argument("--seed", type=int, help="sweep seed (default: research.seed)")
         p.add_argument("--workers", type=int, help="worker processes (default: compute.workers or all cores)")
+        p.add_argument("--grid", action="store_true", help="grid search over the configured ranges, not random")
         p.add_argument("--assume-instruments", action="store_true",
                        help="derive qty steps from prices when instruments are missing (imported candles)")
         p.add_argument("--out", help="parquet of the statistics (default: <data_dir>/all_pairs.parquet)")
@@ -41,6 +42,7 @@ def _time(text: str | None, default: dt.datetime) -> dt.datetime:
 def cmd_research(args: argparse.Namespace, cfg: BotConfig) -> int:
     from bot.core.db.pool import open_database
     from bot.research.pairs_file import read_pairs
+    from bot.research.params import sample_params
     from bot.research.sweep import run_sweep
 
     pairs = read_pairs(args.pairs)  # a malformed file stops here: nothing run
@@ -52,12 +54,15 @@ def cmd_research(args: argparse.Namespace, cfg: BotConfig) -> int:
         raise ValueError(f"windows must satisfy start < valid <= end (got {start} / {valid} / {end})")
     sweep = args.research_kind == "sweep"
     out = Path(args.out or Path(cfg.paths.data_dir) / "all_pairs.parquet")
+    seed = r.seed if args.seed is None else args.seed
+    sets = sample_params(r, cfg.strategy, args.iters or (0 if args.grid else r.iters), seed,
+                         mode="grid" if args.grid else "random")
 
     async def run() -> Any:
         db = await open_database(cfg.database)
         try:
             return await run_sweep(
-                db, cfg, pairs, iters=args.iters or r.iters, seed=r.seed if args.seed is None else args.seed,
+                db, cfg, pairs, iters=len(sets), seed=seed, param_sets=sets,
                 train_start=start, valid_time=valid, end_time=end, workers=args.workers,
                 with_features=sweep and not args.no_features,
                 trades_log=(args.log or r.trades_log) if sweep else None, parquet_path=out,

@@ -1,0 +1,116 @@
+"""`bot dataset`, `bot train`, `bot score`: the pair-scoring model."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from bot.config import BotConfig
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("dataset", help="build the model dataset over rolling windows")
+    p.add_argument("--pairs", required=True, help="file of pairs, one 'T1 T2' per line")
+    p.add_argument("--start", required=True, help="first train window start (UTC ISO date)")
+    p.add_argument("--end", required=True, help="end of the last test window")
+    p.add_argument("--iters", type=int, help="parameter sets per pair and window (default: research.iters)")
+    p.add_argument("--workers", type=int)
+    p.add_argument("--assume-instruments", action="store_true")
+    p.add_argument("--out", help="parquet export (default: <data_dir>/dataset.parquet)")
+    p.set_defaults(func=cmd_dataset)
+
+    t = sub.add_parser("train", help="walk-forward validation, then fit and save the model")
+    t.add_argument("--dataset", help="a dataset parquet (default: the latest dataset in the database)")
+    t.add_argument("--min-train-windows", type=int, default=2)
+    t.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("score", help="score a pair-statistics parquet with the saved model")
+    s.add_argument("stats", help="parquet with the statistics columns (bot stats output)")
+    s.add_argument("--model", help="model file (default: the newest promoted model in model.dir)")
+    s.add_argument("--any", action="store_true", help="use the newest model even if it was not promoted")
+    s.set_defaults(func=cmd_score)
+
+
+def _time(text: str) -> dt.datetime:
+    v = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return v if v.tzinfo else v.replace(tzinfo=dt.UTC)
+
+
+def cmd_dataset(args: argparse.Namespace, cfg: BotConfig) -> int:
+    from bot.core.db.pool import open_database
+    from bot.research.dataset import build_dataset
+    from bot.research.pairs_file import read_pairs
+
+    pairs = read_pairs(args.pairs)
+    start, end = _time(args.start), _time(args.end)
+
+    async def run() -> tuple[int, pl.DataFrame]:
+        db = await open_database(cfg.database)
+        try:
+            return await build_dataset(db, cfg, pairs, start, end, iters=args.iters, workers=args.workers,
+                                       assume_instruments=args.assume_instruments)
+        finally:
+            await db.close()
+
+    dataset_id, frame = asyncio.run(run())
+    out = Path(args.out or Path(cfg.paths.data_dir) / "dataset.parquet")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frame.write_parquet(out)
+    print(f"dataset {dataset_id}: {frame.height} rows over {frame['window_id'].n_unique() if frame.height else 0} "
+          f"windows -> {out}")
+    return 0
+
+
+def print_walk_forward(wf: Any) -> None:
+    with pl.Config(tbl_rows=20, tbl_cols=10, float_precision=3, tbl_width_chars=140):
+        print("walk-forward validation (profit per pick, % of balance, per test window):")
+        print(wf.summary)
+    print("feature importances: " + ", ".join(f"{n} {v:.1f}" for n, v in wf.importances[:8]))
+    print(wf.reason)
+
+
+def cmd_train(args: argparse.Namespace, cfg: BotConfig) -> int:
+    from bot.research.model import fit_catboost, save_model, walk_forward
+
+    if args.dataset:
+        frame = pl.read_parquet(args.dataset)
+    else:
+        from bot.core.db.pool import open_database
+        from bot.research.dataset import load_dataset
+
+        async def get() -> pl.DataFrame:
+            db = await open_database(cfg.database)
+            try:
+                return await load_dataset(db.pool)
+            finally:
+                await db.close()
+
+        frame = asyncio.run(get())
+    wf = walk_forward(frame, cfg, min_train_windows=args.min_train_windows)
+    print_walk_forward(wf)
+    model = fit_catboost(frame, cfg)
+    summary = {r["method"]: {k: v for k, v in r.items() if k != "method"} for r in wf.summary.iter_rows(named=True)}
+    meta = {"train_range": [str(frame["train_start"].min()), str(frame["end_time"].max())],
+            "rows": frame.height, "windows": int(frame["window_id"].n_unique()), "validation": summary,
+            "promoted": wf.promoted, "gate": wf.reason, "params": cfg.model.model_dump()}
+    path = save_model(model, cfg.model.dir, meta, cfg.model.keep_last)
+    print(f"saved {path} ({'promoted' if wf.promoted else 'NOT promoted: the re-selection job keeps its previous model'})")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace, cfg: BotConfig) -> int:
+    from bot.research.model import latest_model, load_model
+
+    lm = load_model(args.model) if args.model else latest_model(cfg.model.dir, promoted_only=not args.any)
+    frame = pl.read_parquet(args.stats)
+    pred = lm.predict(frame)
+    out = frame.select("coin1", "coin2").with_columns(pl.Series("pred", pred)).sort("pred", descending=True)
+    print(f"model {lm.path.name} (created {lm.meta['created_at']}, promoted {lm.meta.get('promoted')})")
+    with pl.Config(tbl_rows=30):
+        print(out)
+    return 0

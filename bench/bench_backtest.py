@@ -140,7 +140,15 @@ def sweep_only() -> None:
         s = SignalParams(-in_, -out_, in_, out_, True, True, om, "direct", dist, dist, 5.0, 1.0, 60.0, "leave", 0.0)
         total_trades += run_backtest(zcache[key], s, siz).trades.height
     t_sweep = time.perf_counter() - t
-    print(t_sweep, total_trades, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print(t_sweep, total_trades, peak_rss_mb())
+
+
+def peak_rss_mb() -> float:
+    """VmHWM of this process (ru_maxrss would include the parent's peak: Linux keeps it across exec)."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:

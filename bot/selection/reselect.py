@@ -1,0 +1,221 @@
+"""The re-selection job (selection.md section 6): `bot reselect` and the scheduler's job.
+
+1. Postgres advisory lock (another holder: log and return `skipped`).
+2. Candidates from `selection.candidates_file`, else every pair of symbols with bars
+   covering the train window.
+3. Re-backtest every candidate on the train window [now - train_days, now) with the
+   research code (`run_sweep`, in parallel).
+4. Score with the newest promoted model. No promoted model at all: the configured
+   fallback sort, said loudly in the run record. A model that is there but
+   missing its file or corrupt: the run FAILS, nothing changes.
+5-6. Thresholds, sort key, reserved tokens of open positions, greedy pick
+   (bot.analysis.pair_selection).
+7. One transaction: pairs table, selection_runs, selection_candidates; then
+   token_pairs.txt atomically; then NOTIFY pairs_changed (sent on commit).
+8. Any failure before the commit leaves the table and the file as they were and
+   records the run as failed. A file write failure after the commit is loud and
+   repaired on the next run (the table is the truth).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from bot.analysis.pair_selection import Decision, decide
+from bot.config.model import BotConfig
+from bot.core.db import selection as repo
+from bot.core.db.market import bar_symbols, token_of
+from bot.research.model import LoadedModel, ModelError, load_model
+from bot.research.pairs_file import read_pairs
+from bot.research.sweep import run_sweep
+from bot.utils.files import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+class ReselectError(RuntimeError):
+    """The run failed before its commit; nothing changed. The message is the recorded error."""
+
+
+@dataclass
+class ReselectReport:
+    status: str  # ok | skipped | dry-run
+    run_id: int | None = None
+    decisions: list[Decision] = field(default_factory=list)
+    pairs: list[dict[str, Any]] = field(default_factory=list)
+    model: str = ""
+    file_error: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    reason: str = ""
+
+
+def token_pairs_text(pair_rows: list[dict[str, Any]]) -> str:
+    return "".join(f"{token_of(r['token_1'])} {token_of(r['token_2'])}\n" for r in pair_rows)
+
+
+async def sync_token_pairs_file(conn: Any, path: Path) -> bool:
+    """Rewrite token_pairs.txt from the pairs table if it differs; True if rewritten."""
+    want = token_pairs_text(await repo.read_pairs(conn))
+    try:
+        have = path.read_text(encoding="utf-8")
+    except OSError:
+        have = None
+    if have == want:
+        return False
+    atomic_write_text(path, want)
+    log.warning("token_pairs.txt differed from the pairs table: rewritten from the table (%s)", path)
+    return True
+
+
+def find_model(directory: str | Path) -> tuple[LoadedModel | None, str]:
+    """(newest promoted model, description), or (None, why) when no model was ever
+    promoted. A promoted model whose file is missing or corrupt raises ModelError:
+    the job must fail loudly rather than quietly fall back to an older model."""
+    d = Path(directory)
+    for meta in sorted(d.glob("model-*.meta.json"), reverse=True) if d.is_dir() else []:
+        try:
+            info = json.loads(meta.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ModelError(f"model metadata unreadable: {meta}: {err}") from None
+        if info.get("promoted"):
+            lm = load_model(d / info.get("model_file", meta.name.replace(".meta.json", ".json")))
+            return lm, f"{lm.path.name} (sha256 {lm.meta['sha256'][:12]})"
+    return None, f"no promoted model in {d}: fallback sort"
+
+
+async def _candidates(db: Any, cfg: BotConfig, train_start: dt.datetime) -> list[tuple[str, str]]:
+    path = Path(cfg.selection.candidates_file)
+    if path.exists():
+        return read_pairs(path)
+    syms = await bar_symbols(db, cfg.strategy.tf)
+    ok = sorted(token_of(s) for s, first in zip(syms["symbol"], syms["first_ts"], strict=True)
+                if first <= train_start.timestamp())
+    return [(a, b) for i, a in enumerate(ok) for b in ok[i + 1:]]
+
+
+def _pair_row(t1: str, t2: str, params: dict[str, Any], pred: float | None) -> dict[str, Any]:
+    return {"token_1": f"{t1}_USDT", "token_2": f"{t2}_USDT", "tf": params["tf"], "wind": params["wind"],
+            "spr_method": params["spr_method"], "thresh_in": params["in_"], "thresh_out": params["out_"],
+            "open_method": params["open_method"], "close_method": params["close_method"],
+            "dist_in": params["dist_in"], "dist_out": params["dist_out"], "params": params, "pred": pred}
+
+
+async def reselect(db: Any, cfg: BotConfig, *, dry_run: bool = False, now: dt.datetime | None = None,
+                   workers: int | None = None, executor: Any = None, hooks: dict[str, Any] | None = None) -> ReselectReport:
+    """Run the job once. `hooks` (tests) maps stage names to async callables run there."""
+    hooks = hooks or {}
+    pool = getattr(db, "pool", db)
+    now = now or dt.datetime.now(dt.UTC)
+    train_start = now - dt.timedelta(days=cfg.selection.train_days)
+    file_path = Path(cfg.selection.token_pairs_file)
+    t0 = time.perf_counter()
+    async with pool.acquire() as conn:
+        if not await repo.try_lock(conn):
+            log.warning("re-selection already running in another process: not starting a second one")
+            return ReselectReport("skipped", reason="another re-selection holds the lock")
+        try:
+            run_id = await repo.start_run(conn, dry_run)
+            try:
+                if not dry_run:
+                    try:
+                        await sync_token_pairs_file(conn, file_path)
+                    except OSError as err:
+                        log.error("cannot rewrite %s from the pairs table: %s", file_path, err)
+                candidates = await _candidates(db, cfg, train_start)
+                open_pairs = await repo.open_position_pairs(conn)
+                current = {(token_of(r["token_1"]), token_of(r["token_2"])): r for r in await repo.read_pairs(conn)}
+                t = time.perf_counter()
+                rep = await run_sweep(db, cfg, candidates, iters=cfg.research.iters, seed=cfg.research.seed,
+                                      train_start=train_start, valid_time=now, end_time=now, workers=workers,
+                                      with_features=False, kind="reselect", executor=executor)
+                t_bt = time.perf_counter() - t
+                if "after_backtest" in hooks:
+                    await hooks["after_backtest"]()
+                t = time.perf_counter()
+                model, model_desc = find_model(cfg.model.dir)
+                stats = rep.stats
+                ok_rows = {(r["coin1"], r["coin2"]): dict(r) for r in stats.iter_rows(named=True)}
+                thresholds = cfg.selection.thresholds.model_dump()
+                sort_key = cfg.selection.sort_key
+                if model is not None and stats.height:
+                    preds = model.predict(stats)
+                    for row, p in zip(ok_rows.values(), preds, strict=True):
+                        row["pred"] = float(p)
+                elif model is None:
+                    log.warning("re-selection without a promoted model: %s (sort by %s, no pred threshold)",
+                                model_desc, cfg.model.fallback_sort)
+                    thresholds.pop("pred", None)
+                    sort_key = cfg.model.fallback_sort
+                t_score = time.perf_counter() - t
+                rows = []
+                for o in rep.outcomes:
+                    r = ok_rows.get((o.token_1, o.token_2), {"coin1": o.token_1, "coin2": o.token_2})
+                    r["status"], r["reason"] = o.status, o.reason
+                    rows.append(r)
+                decisions = decide(rows, open_pairs, thresholds, sort_key, cfg.selection.max_pairs)
+                best = {(o.token_1, o.token_2): o for o in rep.outcomes}
+                pair_rows = []
+                for d in decisions:
+                    key = (d.token_1, d.token_2)
+                    if d.decision == "kept":
+                        cur = current.get(key)
+                        pair_rows.append(dict(cur) if cur else _pair_row(*key, _default(cfg), None))
+                    elif d.decision == "selected":
+                        o = best[key]
+                        bid = ok_rows[key].get("best_param_id")
+                        params = next((s["params"] for s in o.summaries if s["param_id"] == bid), _default(cfg))
+                        pair_rows.append(_pair_row(*key, params, ok_rows[key].get("pred")))
+                details = {"model": model_desc, "model_sha256": model.meta["sha256"] if model else None,
+                           "train_start": train_start.isoformat(), "now": now.isoformat(),
+                           "sort_key": sort_key, "thresholds": thresholds}
+                report = ReselectReport("dry-run" if dry_run else "ok", run_id, decisions, pair_rows, model_desc,
+                                        timings={"backtests_s": t_bt, "scoring_s": t_score})
+                if dry_run:
+                    await repo.finish_dry_run(conn, run_id, len(decisions), len(pair_rows), details)
+                    report.timings["total_s"] = time.perf_counter() - t0
+                    return report
+                t = time.perf_counter()
+                await repo.commit_selection(conn, run_id, pair_rows, decisions, ok_rows, details,
+                                            before_commit=hooks.get("before_commit"))
+                report.timings["writes_s"] = time.perf_counter() - t
+            except BaseException as err:
+                msg = f"{type(err).__name__}: {err}"
+                try:
+                    await repo.fail_run(conn, run_id, msg)
+                finally:
+                    log.error("re-selection run %s failed, nothing changed: %s", run_id, msg)
+                if isinstance(err, Exception):
+                    raise ReselectError(msg) from err
+                raise
+            try:
+                atomic_write_text(file_path, token_pairs_text(pair_rows))
+            except OSError as err:
+                report.file_error = f"{file_path}: {err.strerror or err}"
+                log.error("pairs table committed but %s could not be written (%s): it will be rewritten "
+                          "from the table on the next run", file_path, err)
+                await repo.note_run(conn, run_id, "ok", f"token_pairs.txt not written: {report.file_error}")
+            report.timings["total_s"] = time.perf_counter() - t0
+            return report
+        finally:
+            await repo.unlock(conn)
+
+
+def _default(cfg: BotConfig) -> dict[str, Any]:
+    from bot.research.params import default_params
+
+    return default_params(cfg.strategy).as_dict()
+
+
+def decisions_frame(report: ReselectReport) -> pl.DataFrame:
+    return pl.DataFrame([{"token_1": d.token_1, "token_2": d.token_2, "decision": d.decision, "reason": d.reason}
+                         for d in report.decisions],
+                        schema={"token_1": pl.Utf8, "token_2": pl.Utf8, "decision": pl.Utf8, "reason": pl.Utf8})
+

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -41,6 +42,28 @@ async def record_run(pool: Any, name: str, fn: JobFn) -> str:
         await conn.execute("UPDATE job_runs SET finished_at = now(), status = $2, error = $3 WHERE id = $1",
                            run_id, status, error)
     return status
+
+
+_DOW = ("sun", "mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def cron_trigger(line: str) -> CronTrigger:
+    """A UTC CronTrigger from a standard crontab line.
+
+    APScheduler 3 numbers weekdays from Monday = 0, unlike cron (Sunday = 0 or 7), so
+    `from_crontab("0 0 * * 1")` would fire on Tuesdays. Numeric weekdays are turned
+    into names first (steps like */2 are left alone).
+    """
+    fields = line.split()
+    if len(fields) != 5:
+        raise ValueError(f"not a 5-field crontab line: {line!r}")
+    parts = []
+    for item in fields[4].split(","):
+        base, _, step = item.partition("/")
+        base = re.sub(r"\d+", lambda m: _DOW[int(m.group())] if int(m.group()) <= 7 else m.group(), base)
+        parts.append(base + (f"/{step}" if step else ""))
+    minute, hour, day, month, _ = fields
+    return CronTrigger(minute=minute, hour=hour, day=day, month=month, day_of_week=",".join(parts), timezone=dt.UTC)
 
 
 def job_functions(db: Any, cfg: BotConfig) -> dict[str, tuple[str | None, JobFn]]:
@@ -88,7 +111,7 @@ def build_scheduler(db: Any, cfg: BotConfig, jobs: dict[str, tuple[str | None, J
     for name, (cron, fn) in (jobs or job_functions(db, cfg)).items():
         if cron is None:
             continue
-        sched.add_job(record_run, CronTrigger.from_crontab(cron, timezone=dt.UTC), args=(pool, name, fn), id=name,
+        sched.add_job(record_run, cron_trigger(cron), args=(pool, name, fn), id=name,
                       name=name, max_instances=1, coalesce=True, misfire_grace_time=cfg.schedule.misfire_grace_s,
                       replace_existing=True)
     return sched
@@ -103,7 +126,7 @@ async def job_table(db: Any, cfg: BotConfig, now: dt.datetime | None = None) -> 
         for name, (cron, _) in job_functions(db, cfg).items():
             last = await conn.fetchrow("SELECT started_at, finished_at, status, error FROM job_runs WHERE job = $1"
                                        " ORDER BY started_at DESC LIMIT 1", name)
-            nxt = CronTrigger.from_crontab(cron, timezone=dt.UTC).get_next_fire_time(None, now) if cron else None
+            nxt = cron_trigger(cron).get_next_fire_time(None, now) if cron else None
             rows.append({"job": name, "cron": cron or "(disabled)", "next_run": nxt,
                          "last_start": last["started_at"] if last else None,
                          "last_status": last["status"] if last else None,

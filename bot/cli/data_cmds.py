@@ -33,6 +33,7 @@ def register(sub: Any) -> None:
     _demo_args(top, quote_interval=60.0)
     top.add_argument("--dir", default=None, help="working directory (default: <paths.data_dir>/demo)")
     top.add_argument("--use-config-db", action="store_true", help="use the configured database, not an embedded one")
+    top.add_argument("--no-loop", action="store_true", help="only the market: no research, model or re-selection")
     top.set_defaults(func=cmd_demo)
 
 
@@ -162,17 +163,22 @@ def cmd_demo(args: argparse.Namespace, cfg: BotConfig) -> int:
 
     async def run() -> int:
         t0 = time.perf_counter()
-        print(f"[1/3] database: {'configured' if args.use_config_db else 'embedded PostgreSQL in ' + str(work / 'pgdata')}")
+        print(f"[1/6] database: {'configured' if args.use_config_db else 'embedded PostgreSQL in ' + str(work / 'pgdata')}")
         db = await open_database(dbcfg)
         try:
-            print("[2/3] generating the demo market")
+            print("[2/6] generating the demo market", flush=True)
             market = _generate(args)
             counts = await write_demo_market(db, market)
             (work / "manifest.json").write_text(json.dumps(market.manifest(), indent=2))
-            print("[3/3] what the database holds")
+            print("[3/6] what the database holds")
             await _info(db)
             _print_market(market, counts)
             print(f"manifest: {work / 'manifest.json'}")
+            if not args.no_loop:
+                from bot.cli.demo_loop import print_outcome, run_loop
+
+                result = await run_loop(db, cfg, market, work)
+                print_outcome(result, market)
         finally:
             await db.close()
         print(f"demo done in {time.perf_counter() - t0:.1f} s")

@@ -59,10 +59,17 @@ def test_import_bad_file_exit_2(tmp_path: Path) -> None:
 @pytest.mark.db
 def test_demo_on_embedded_postgres(tmp_path: Path) -> None:
     """`bot demo` on a fresh directory: embedded PostgreSQL, migrations, a market (the embedded path)."""
-    res = run_bot("demo", "--days", "3", "--symbols", "12", "--dir", str(tmp_path / "demo"), cwd=tmp_path)
+    res = run_bot("demo", "--days", "12", "--symbols", "10", "--quote-interval", "600", "--dir",
+                  str(tmp_path / "demo"), cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "embedded PostgreSQL" in res.stdout
-    assert "quotes: 51,840 rows over 12 symbols" in res.stdout  # 3 days of 60 s quotes
+    assert "quotes: 17,280 rows over 10 symbols" in res.stdout  # 12 days of 600 s quotes
+    for step in ("[4/6] dataset", "[5/6] model", "[6/6] re-selection", "chosen pairs"):
+        assert step in res.stdout
+    chosen = (tmp_path / "demo" / "token_pairs.txt").read_text().split("\n")
+    for line in filter(None, chosen):
+        a, b = line.split()
+        assert f"  {a:8s} {b:8s}" in res.stdout
     manifest = json.loads((tmp_path / "demo" / "manifest.json").read_text())
     assert {"BTC", "ETH", "SOL"} <= set(manifest["symbols"]) and manifest["groups"]
     # the server was stopped cleanly: no postmaster left

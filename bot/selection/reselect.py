@@ -137,6 +137,7 @@ async def reselect(db: Any, cfg: BotConfig, *, dry_run: bool = False, now: dt.da
                                       train_start=train_start, valid_time=now, end_time=now, workers=workers,
                                       with_features=False, kind="reselect", executor=executor)
                 t_bt = time.perf_counter() - t
+                t_load = rep.timings.get("load_s", 0.0)
                 if "after_backtest" in hooks:
                     await hooks["after_backtest"]()
                 t = time.perf_counter()
@@ -177,7 +178,8 @@ async def reselect(db: Any, cfg: BotConfig, *, dry_run: bool = False, now: dt.da
                            "train_start": train_start.isoformat(), "now": now.isoformat(),
                            "sort_key": sort_key, "thresholds": thresholds}
                 report = ReselectReport("dry-run" if dry_run else "ok", run_id, decisions, pair_rows, model_desc,
-                                        timings={"backtests_s": t_bt, "scoring_s": t_score})
+                                        timings={"load_s": t_load, "backtests_s": t_bt - t_load,
+                                                 "features_s": 0.0, "scoring_s": t_score})
                 if dry_run:
                     await repo.finish_dry_run(conn, run_id, len(decisions), len(pair_rows), details)
                     report.timings["total_s"] = time.perf_counter() - t0

@@ -15,40 +15,24 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
-import shutil
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
-import asyncpg
 import numpy as np
 import polars as pl
 
 from bot.cli.data_cmds import write_demo_market
 from bot.config import load
 from bot.config.loader import example_path
-from bot.core.db.migrate import migrate
-from bot.core.db.pool import Database, EmbeddedPostgres, create_pool
+from bot.core.db.scratch import scratch_database, scratch_server
 from bot.core.demo_market import generate
 from bot.research import model as mdl
 from bot.research.dataset import build_dataset
 
 
 async def main(admin: str, tmp: Path) -> None:
-    name = f"bot_model_{uuid.uuid4().hex[:8]}"
-    c = await asyncpg.connect(admin)
-    await c.execute(f'CREATE DATABASE "{name}"')
-    await c.close()
-    from urllib.parse import urlsplit, urlunsplit
-
-    p = urlsplit(admin)
-    dsn = urlunsplit((p.scheme, p.netloc, "/" + name, p.query, p.fragment))
-    pool = await create_pool(dsn, 1, 4)
-    db = Database(pool, dsn)
-    try:
-        async with pool.acquire() as conn:
-            await migrate(conn)
+    async with scratch_database(admin, "bot_model") as db:
         market = generate(n_symbols=40, days=150, quote_interval_s=3600.0, seed=21)
         await write_demo_market(db, market, tfs=("1h",))
         toks = market.symbols
@@ -98,23 +82,11 @@ async def main(admin: str, tmp: Path) -> None:
         print(f"{f'precision@{k} vs the manifest (model, last window)':60s} {p_model:>10.2f}")
         print(f"{f'precision@{k} vs the manifest (lowest Engle-Granger p)':60s} {p_pv:>10.2f}")
         print(f"{'  base rate (cointegrated / all pairs)':60s} {k / len(pairs):>10.3f}")
-    finally:
-        await pool.close()
-        c = await asyncpg.connect(admin)
-        await c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await c.close()
 
 
 if __name__ == "__main__":
-    tmp = Path(tempfile.mkdtemp(prefix="bot-model-"))
-    server = None
-    admin = os.environ.get("BOT_DATABASE_DSN")
-    if not admin:
-        server = EmbeddedPostgres(tmp / "pg")
-        admin = server.start()
-    try:
-        asyncio.run(main(admin, tmp))
-    finally:
-        if server:
-            server.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+    import os
+    import tempfile
+
+    with scratch_server(os.environ.get("BOT_DATABASE_DSN")) as admin, tempfile.TemporaryDirectory() as tmp:
+        asyncio.run(main(admin, Path(tmp)))

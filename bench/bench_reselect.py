@@ -15,19 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import tempfile
 import time
-import uuid
 from pathlib import Path
-
-import asyncpg
 
 from bot.cli.data_cmds import write_demo_market
 from bot.config import load
 from bot.config.loader import example_path
-from bot.core.db.migrate import migrate
-from bot.core.db.pool import Database, EmbeddedPostgres, create_pool
+from bot.core.db.scratch import scratch_database, scratch_server
 from bot.core.demo_market import generate
 from bot.research import model as mdl
 from bot.research.pairs_file import format_pairs
@@ -40,19 +35,7 @@ async def main(admin: str, tmp: Path) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from tests.research.test_model import synthetic
 
-    name = f"bot_rsl_{uuid.uuid4().hex[:8]}"
-    c = await asyncpg.connect(admin)
-    await c.execute(f'CREATE DATABASE "{name}"')
-    await c.close()
-    from urllib.parse import urlsplit, urlunsplit
-
-    p = urlsplit(admin)
-    dsn = urlunsplit((p.scheme, p.netloc, "/" + name, p.query, p.fragment))
-    pool = await create_pool(dsn, 1, 4)
-    db = Database(pool, dsn)
-    try:
-        async with pool.acquire() as conn:
-            await migrate(conn)
+    async with scratch_database(admin, "bot_rsl") as db:
         market = generate(n_symbols=30, days=60, quote_interval_s=60.0, seed=3)
         await write_demo_market(db, market, tfs=("1h",))
         toks = market.symbols
@@ -72,23 +55,11 @@ async def main(admin: str, tmp: Path) -> None:
         tm = rep.timings
         print(f"candidates: {len(pairs)}; selected {len(rep.pairs)}; wall {wall:.1f} s on 2 workers")
         print("split: " + ", ".join(f"{k} {v:.1f} s" for k, v in tm.items()))
-    finally:
-        await pool.close()
-        c = await asyncpg.connect(admin)
-        await c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await c.close()
 
 
 if __name__ == "__main__":
-    tmp = Path(tempfile.mkdtemp(prefix="bot-rsl-"))
-    server = None
-    admin = os.environ.get("BOT_DATABASE_DSN")
-    if not admin:
-        server = EmbeddedPostgres(tmp / "pg")
-        admin = server.start()
-    try:
-        asyncio.run(main(admin, tmp))
-    finally:
-        if server:
-            server.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+    import os
+    import tempfile
+
+    with scratch_server(os.environ.get("BOT_DATABASE_DSN")) as admin, tempfile.TemporaryDirectory() as tmp:
+        asyncio.run(main(admin, Path(tmp)))

@@ -13,19 +13,15 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
-import shutil
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
-import asyncpg
 import polars as pl
 
 from bot.config import load
 from bot.config.loader import example_path
-from bot.core.db.migrate import migrate
-from bot.core.db.pool import Database, EmbeddedPostgres, create_pool
+from bot.core.db.scratch import scratch_database, scratch_server
 from bot.core.importer import import_files
 from bot.research import model as mdl
 from bot.research.dataset import build_dataset
@@ -35,19 +31,7 @@ TOKENS = "ADA ARB AVAX BCH BTC DOGE DOT ETH HBAR LINK LTC NEAR SOL SUI XLM XRP".
 
 
 async def main(admin: str, tmp: Path) -> None:
-    name = f"bot_mreal_{uuid.uuid4().hex[:8]}"
-    c = await asyncpg.connect(admin)
-    await c.execute(f'CREATE DATABASE "{name}"')
-    await c.close()
-    from urllib.parse import urlsplit, urlunsplit
-
-    p = urlsplit(admin)
-    dsn = urlunsplit((p.scheme, p.netloc, "/" + name, p.query, p.fragment))
-    pool = await create_pool(dsn, 1, 4)
-    db = Database(pool, dsn)
-    try:
-        async with pool.acquire() as conn:
-            await migrate(conn)
+    async with scratch_database(admin, "bot_mreal") as db:
         await import_files(db, [DATA / "ohlcv" / "binance_usdm_futures_1h_40pairs.parquet"])
         base = load(example_path())
         cfg = base.model_copy(update={"strategy": base.strategy.model_copy(
@@ -65,23 +49,11 @@ async def main(admin: str, tmp: Path) -> None:
             print(wf.summary)
         print(wf.reason)
         print("importances: " + ", ".join(f"{n} {v:.1f}" for n, v in wf.importances[:6]))
-    finally:
-        await pool.close()
-        c = await asyncpg.connect(admin)
-        await c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await c.close()
 
 
 if __name__ == "__main__":
-    tmp = Path(tempfile.mkdtemp(prefix="bot-mreal-"))
-    server = None
-    admin = os.environ.get("BOT_DATABASE_DSN")
-    if not admin:
-        server = EmbeddedPostgres(tmp / "pg")
-        admin = server.start()
-    try:
-        asyncio.run(main(admin, tmp))
-    finally:
-        if server:
-            server.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+    import os
+    import tempfile
+
+    with scratch_server(os.environ.get("BOT_DATABASE_DSN")) as admin, tempfile.TemporaryDirectory() as tmp:
+        asyncio.run(main(admin, Path(tmp)))

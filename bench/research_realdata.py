@@ -16,20 +16,15 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
-import shutil
-import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
-import asyncpg
 import polars as pl
 
 from bot.config import load
 from bot.config.loader import example_path
-from bot.core.db.migrate import migrate
-from bot.core.db.pool import Database, EmbeddedPostgres, create_pool
+from bot.core.db.scratch import scratch_database, scratch_server
 from bot.core.importer import import_files
 from bot.research.sweep import run_sweep
 
@@ -42,19 +37,7 @@ END = dt.datetime(2026, 5, 7, tzinfo=dt.UTC)
 
 
 async def main(admin: str, tmp: Path) -> None:
-    name = f"bot_real_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(admin)
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    await conn.close()
-    from urllib.parse import urlsplit, urlunsplit
-
-    p = urlsplit(admin)
-    dsn = urlunsplit((p.scheme, p.netloc, "/" + name, p.query, p.fragment))
-    pool = await create_pool(dsn, 1, 4)
-    db = Database(pool, dsn)
-    try:
-        async with pool.acquire() as c:
-            await migrate(c)
+    async with scratch_database(admin, "bot_real") as db:
         t = time.perf_counter()
         await import_files(db, [DATA / "ohlcv" / "binance_usdm_futures_1h_40pairs.parquet"])
         print(f"imported 1h candles in {time.perf_counter() - t:.1f} s")
@@ -88,25 +71,13 @@ async def main(admin: str, tmp: Path) -> None:
                                assume_instruments=True, kind="sweep")
         print(f"seeded sweep with features on {few}: {rep2.counts()}, {rep2.trades_logged} trades logged "
               f"in {time.perf_counter() - t:.1f} s")
-    finally:
-        await pool.close()
-        conn = await asyncpg.connect(admin)
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.close()
 
 
 if __name__ == "__main__":
+    import os
+    import tempfile
+
     if not (DATA / "ohlcv").is_dir():
-        sys.exit(f"shared data not found at {DATA}")
-    tmp = Path(tempfile.mkdtemp(prefix="bot-real-"))
-    server = None
-    admin = os.environ.get("BOT_DATABASE_DSN")
-    if not admin:
-        server = EmbeddedPostgres(tmp / "pg")
-        admin = server.start()
-    try:
-        asyncio.run(main(admin, tmp))
-    finally:
-        if server:
-            server.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+        raise SystemExit(f"shared data not found at {DATA}")
+    with scratch_server(os.environ.get("BOT_DATABASE_DSN")) as admin, tempfile.TemporaryDirectory() as tmp:
+        asyncio.run(main(admin, Path(tmp)))

@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import tempfile
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 import pytest_asyncio
 
 from bot.core.db.migrate import migrate
-from bot.core.db.pool import Database, EmbeddedPostgres, create_pool
+from bot.core.db.pool import Database, create_pool
+from bot.core.db.scratch import create_database, drop_database, scratch_server
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("BOT_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -34,45 +31,13 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def admin_dsn() -> Iterator[str]:
-    """DSN of a server where tests may create databases."""
-    dsn = os.environ.get("BOT_TEST_DSN")
-    if dsn:
+    """DSN of a server where tests may create databases: BOT_TEST_DSN, else an embedded one."""
+    with scratch_server(os.environ.get("BOT_TEST_DSN")) as dsn:
         yield dsn
-        return
-    tmp = Path(tempfile.mkdtemp(prefix="bot-test-pg-"))
-    server = EmbeddedPostgres(tmp / "pgdata")
-    uri = server.start()
-    try:
-        yield uri
-    finally:
-        server.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _with_db(dsn: str, name: str) -> str:
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(dsn)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
 
 
 async def make_database(admin: str) -> str:
-    name = f"bot_test_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(admin)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return _with_db(admin, name)
-
-
-async def drop_database(admin: str, dsn: str) -> None:
-    name = dsn.rsplit("/", 1)[1].split("?")[0]
-    conn = await asyncpg.connect(admin)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    return await create_database(admin, "bot_test")
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")

@@ -8,11 +8,12 @@ next opening cuts the file back to its last complete line before appending.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from bot.core.db.codec import clean
 
 
 def _default(value: Any) -> Any:
@@ -21,12 +22,6 @@ def _default(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None  # JSON has no NaN/inf
-    return value
 
 
 def repair_tail(path: Path) -> int:
@@ -63,7 +58,7 @@ class JsonlLog:
         self.repaired_bytes = repair_tail(self.path)
 
     def append(self, records: Iterable[dict[str, Any]]) -> int:
-        lines = [json.dumps({k: _clean(v) for k, v in r.items()}, default=_default, allow_nan=False) for r in records]
+        lines = [json.dumps(clean(r), default=_default, allow_nan=False) for r in records]
         if not lines:
             return 0
         data = ("\n".join(lines) + "\n").encode()

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
+from bot.core.db.codec import dumps
 from bot.research.pair_job import STATS_COLUMNS, PairOutcome
 
 _STAT_VALUES = [c for c in STATS_COLUMNS if c not in ("coin1", "coin2")]
@@ -18,21 +18,12 @@ def _num(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def _json(d: Any) -> str:
-    def clean(x: Any) -> Any:
-        if isinstance(x, float) and not math.isfinite(x):
-            return None
-        if isinstance(x, dict):
-            return {k: clean(v) for k, v in x.items()}
-        return x
-
-    return json.dumps(clean(d), default=str)
 
 
 async def start_run(pool: Any, kind: str, params: dict[str, Any]) -> int:
     async with pool.acquire() as conn:
         return int(await conn.fetchval(
-            "INSERT INTO backtest_runs (kind, params) VALUES ($1, $2::jsonb) RETURNING id", kind, _json(params)))
+            "INSERT INTO backtest_runs (kind, params) VALUES ($1, $2::jsonb) RETURNING id", kind, dumps(params)))
 
 
 async def finish_run(pool: Any, run_id: int, status: str, error: str | None = None) -> None:
@@ -50,9 +41,9 @@ async def write_outcomes(pool: Any, run_id: int, outcomes: list[PairOutcome]) ->
         stat_rows.append((run_id, o.token_1, o.token_2, o.status, o.reason,
                           *[_num(o.stats.get(c)) for c in _STAT_VALUES]))
         for s in o.summaries:
-            sweep_rows.append((run_id, o.token_1, o.token_2, int(s["param_id"]), _json(s["params"]),
+            sweep_rows.append((run_id, o.token_1, o.token_2, int(s["param_id"]), dumps(s["params"]),
                                int(s["trades"]), _num(s["pr"]), _num(s["pr_rat"]), _num(s["max_drdn"]),
-                               _num(s["loss"]), _num(s["avg_dur"]), _json(s["metrics"])))
+                               _num(s["loss"]), _num(s["avg_dur"]), dumps(s["metrics"])))
     cols = ", ".join(["run_id", "coin1", "coin2", "status", "reason", *_STAT_VALUES])
     marks = ", ".join(f"${k}" for k in range(1, 6 + len(_STAT_VALUES)))
     async with pool.acquire() as conn, conn.transaction():

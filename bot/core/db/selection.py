@@ -10,21 +10,13 @@ from typing import Any
 import asyncpg
 
 from bot.analysis.pair_selection import Decision
+from bot.core.db.codec import dumps
 
 RESELECT_LOCK = 0x626F745F72736C  # "bot_rsl"
 PAIR_COLS = ("token_1", "token_2", "tf", "wind", "spr_method", "thresh_in", "thresh_out", "open_method",
              "close_method", "dist_in", "dist_out", "params", "pred", "run_id")
 
 
-def _json(d: Any) -> str:
-    def clean(x: Any) -> Any:
-        if isinstance(x, float) and not math.isfinite(x):
-            return None
-        if isinstance(x, dict):
-            return {k: clean(v) for k, v in x.items()}
-        return x
-
-    return json.dumps(clean(d), default=str)
 
 
 async def try_lock(conn: asyncpg.Connection) -> bool:
@@ -85,19 +77,19 @@ async def commit_selection(
             f"INSERT INTO pairs ({', '.join(PAIR_COLS)}) VALUES ({', '.join(f'${k}' for k in range(1, 15))})",
             [(r["token_1"], r["token_2"], r["tf"], int(r["wind"]), r["spr_method"], float(r["thresh_in"]),
               float(r["thresh_out"]), r["open_method"], r["close_method"], float(r["dist_in"]),
-              float(r["dist_out"]), _json(r.get("params", {})), r.get("pred"), run_id) for r in pair_rows],
+              float(r["dist_out"]), dumps(r.get("params", {})), r.get("pred"), run_id) for r in pair_rows],
         )
         await conn.executemany(
             "INSERT INTO selection_candidates (run_id, token_1, token_2, stats, pred, decision, reason)"
             " VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7)",
-            [(run_id, d.token_1, d.token_2, _json(stats_by_pair.get((d.token_1, d.token_2), {})),
+            [(run_id, d.token_1, d.token_2, dumps(stats_by_pair.get((d.token_1, d.token_2), {})),
               _pred(stats_by_pair.get((d.token_1, d.token_2), {})), d.decision, d.reason) for d in decisions],
         )
         n_sel = sum(d.decision in ("selected", "kept") for d in decisions)
         await conn.execute(
             "UPDATE selection_runs SET status = 'ok', finished_at = now(), n_candidates = $2, n_selected = $3,"
             " details = $4::jsonb, model_sha256 = $5 WHERE id = $1",
-            run_id, len(decisions), n_sel, _json(details), details.get("model_sha256"))
+            run_id, len(decisions), n_sel, dumps(details), details.get("model_sha256"))
         if before_commit is not None:
             await before_commit()
     await conn.execute("NOTIFY pairs_changed")
@@ -112,7 +104,7 @@ async def finish_dry_run(conn: asyncpg.Connection, run_id: int, n_candidates: in
                          details: dict[str, Any]) -> None:
     await conn.execute(
         "UPDATE selection_runs SET status = 'ok', finished_at = now(), n_candidates = $2, n_selected = $3,"
-        " details = $4::jsonb WHERE id = $1", run_id, n_candidates, n_selected, _json(details))
+        " details = $4::jsonb WHERE id = $1", run_id, n_candidates, n_selected, dumps(details))
 
 
 async def last_runs(conn: asyncpg.Connection, limit: int = 5) -> list[dict[str, Any]]:

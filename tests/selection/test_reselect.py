@@ -117,18 +117,21 @@ def _boom_executor(tasks, progress=None):
     raise RuntimeError("backtest worker exploded")
 
 
-@pytest.mark.parametrize("fault", ["backtest", "scoring", "db_write"])
+@pytest.mark.parametrize("fault", ["backtest", "scoring", "model_missing", "db_write"])
 async def test_failure_before_commit_changes_nothing(db: Database, market, cfg, fault: str) -> None:
     await reselect(db, cfg, now=market.end)  # a known state
     before = await _state(db, cfg)
     kw: dict = {}
     if fault == "backtest":
         kw["executor"] = _boom_executor
-    elif fault == "scoring":
+    elif fault in ("scoring", "model_missing"):
         mdl.save_model(mdl.fit_catboost(synthetic(), cfg), cfg.model.dir, {"promoted": True}, 3)
         newest = sorted(Path(cfg.model.dir).glob("model-*.meta.json"))[-1]
         model_file = newest.with_name(newest.name.replace(".meta.json", ".json"))
-        model_file.write_text(model_file.read_text()[:-50])  # corrupt
+        if fault == "scoring":
+            model_file.write_text(model_file.read_text()[:-50])  # corrupt
+        else:
+            model_file.unlink()
     else:
         async def fail() -> None:
             raise asyncpg.PostgresError("disk full (injected)")

@@ -25,7 +25,14 @@ import polars as pl
 from bot.analysis.zscore import tf_seconds
 from bot.config.model import BotConfig
 from bot.core.db import research as repo
-from bot.core.db.market import coin_information, load_pair_data, read_bars, symbol_of, to_utc
+from bot.core.db.market import (
+    coin_information,
+    load_pair_data,
+    read_bars,
+    read_quotes,
+    symbol_of,
+    to_utc,
+)
 from bot.research.executor import Task, run_tasks
 from bot.research.jsonl import JsonlLog
 from bot.research.pair_job import PairInput, PairOutcome, run_pair, stats_frame
@@ -65,7 +72,7 @@ def assumed_qty_step(price: float) -> float:
 
 async def load_input(db: Any, cfg: BotConfig, t1: str, t2: str, train_start: dt.datetime, valid: dt.datetime,
                      end: dt.datetime, max_wind: int, info: dict[str, Any], assume_instruments: bool,
-                     bars_long: pl.DataFrame | None = None) -> PairInput:
+                     bars_long: pl.DataFrame | None = None, quotes_long: pl.DataFrame | None = None) -> PairInput:
     s = cfg.strategy
     metas = []
     for t in (t1, t2):
@@ -74,7 +81,7 @@ async def load_input(db: Any, cfg: BotConfig, t1: str, t2: str, train_start: dt.
             raise SkipPair(f"no instrument info for {t}")
         metas.append(meta)
     tick_df, agg = await load_pair_data(db, t1, t2, train_start, end, s.tf, max_wind, cfg.data.reference_symbols,
-                                        bars_long)
+                                        bars_long, quotes_long)
     if agg.height == 0 or tick_df.height == 0:
         raise SkipPair(f"no data for {t1}/{t2} in the window (unknown token or no history)")
     bars_only = tick_df[f"{t1}_bid_size"].null_count() == tick_df.height
@@ -156,12 +163,15 @@ async def run_sweep(
         warm = dt.timedelta(seconds=tf_seconds(cfg.strategy.tf) * max_wind)
         bars_long = await read_bars(db, [symbol_of(t) for t in tokens], cfg.strategy.tf,
                                     to_utc(train_start) - warm, to_utc(end_time))
+        # and every pair token's quotes once (each token is in many pairs)
+        pair_tokens = sorted({t for pair in pairs for t in pair})
+        quotes_long = await read_quotes(db, [symbol_of(t) for t in pair_tokens], to_utc(train_start), to_utc(end_time))
         tasks: list[Task] = []
         skipped: list[PairOutcome] = []
         for t1, t2 in pairs:
             try:
                 inp = await load_input(db, cfg, t1, t2, to_utc(train_start), to_utc(valid_time), to_utc(end_time),
-                                       max_wind, info, assume_instruments, bars_long)
+                                       max_wind, info, assume_instruments, bars_long, quotes_long)
             except SkipPair as why:
                 log.warning("skipping %s/%s: %s", t1, t2, why)
                 skipped.append(PairOutcome(t1, t2, "skipped", str(why)))

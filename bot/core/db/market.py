@@ -515,7 +515,8 @@ def bars_wide(long: pl.DataFrame, tokens: Sequence[str]) -> pl.DataFrame:
 
 async def load_pair_data(db: Any, token_1: str, token_2: str, start: Any, end: Any, tf: str, wind: int,
                          reference_tokens: Sequence[str] = ("BTC", "ETH", "SOL"),
-                         bars_long: pl.DataFrame | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+                         bars_long: pl.DataFrame | None = None,
+                         quotes_long: pl.DataFrame | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(tick_df, agg_df) in the notebook's layout.
 
     tick_df: quotes of both tokens with start <= ts < end, inner-aligned on ts;
@@ -526,7 +527,8 @@ async def load_pair_data(db: Any, token_1: str, token_2: str, start: Any, end: A
     agg_df: bars with open time in [start - wind * tf, end): `time`, `ts`, and the
     bar close per token (the pair's tokens inner-aligned; reference tokens
     BTC/ETH/SOL left-joined when present). `bars_long` (a read_bars frame covering the
-    window for these symbols) saves the bar query when many pairs are loaded.
+    window for these symbols) saves the bar query when many pairs are loaded, and
+    `quotes_long` (a read_quotes frame) the quote queries.
     """
     t1, t2 = token_of(token_1), token_of(token_2)
     lo, hi = to_utc(start), to_utc(end)
@@ -545,7 +547,11 @@ async def load_pair_data(db: Any, token_1: str, token_2: str, start: Any, end: A
         )
         if part.height:
             agg = agg.join(part, on="ts", how="left")
-    quotes = await read_quotes(db, [symbol_of(t1), symbol_of(t2)], lo, hi)
+    if quotes_long is not None:
+        quotes = quotes_long.filter(pl.col("symbol").is_in([symbol_of(t1), symbol_of(t2)])
+                                    & (pl.col("ts") >= lo.timestamp()) & (pl.col("ts") < hi.timestamp()))
+    else:
+        quotes = await read_quotes(db, [symbol_of(t1), symbol_of(t2)], lo, hi)
     if quotes.height == 0:
         log.info("no quotes for %s/%s in range: bars-only mode", t1, t2)
         ticks = agg.filter(pl.col("time") >= lo).select(

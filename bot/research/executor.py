@@ -82,8 +82,10 @@ def run_local(tasks: Sequence[Task], workers: int | None = None, progress: Progr
     that a fork would copy mid-lock. Each worker runs one task at a time, so a dead
     worker names its task exactly; it is replaced and the task retried once.
     """
+    if not tasks:
+        return []
     ctx = mp.get_context("spawn")
-    n = max(1, min(workers or os.cpu_count() or 1, len(tasks) or 1))
+    n = max(1, min(workers or os.cpu_count() or 1, len(tasks)))
     results: dict[int, PairOutcome] = {}
     attempts = [0] * len(tasks)
     queue = list(range(len(tasks)))
@@ -141,6 +143,8 @@ def run_dask(tasks: Sequence[Task], address: str, progress: Progress | None = No
         except Exception as err:
             return PairOutcome(t1, t2, "failed", f"{type(err).__name__}: {err}")
 
+    if not tasks:
+        return []
     with Client(address) as client:
         futures = [client.submit(call, fn, t1, t2, retries=1, pure=False) for t1, t2, fn in tasks]
         index = {f.key: k for k, f in enumerate(futures)}

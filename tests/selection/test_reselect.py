@@ -19,7 +19,6 @@ from bot.core.db import selection as repo
 from bot.core.db.pool import Database
 from bot.core.demo_market import generate
 from bot.research import model as mdl
-from bot.research.executor import run_local
 from bot.selection.reselect import ReselectError, reselect, sync_token_pairs_file, token_pairs_text
 from tests.research.test_model import synthetic
 
@@ -79,7 +78,8 @@ async def test_run_with_fallback_then_with_a_promoted_model(db: Database, market
         await asyncio.sleep(0.3)
     finally:
         await listener.close()
-    assert rep.status == "ok" and "fallback" in rep.model and notes == ["pairs_changed"] or notes == [""]
+    assert rep.status == "ok" and "fallback" in rep.model
+    assert notes == ["pairs_changed"]  # the channel name, once
     rows, text = await _state(db, cfg)
     assert 1 <= len(rows) <= 3 and text == token_pairs_text(rows)
     toks = [t for r in rows for t in (r["token_1"], r["token_2"])]
@@ -209,4 +209,3 @@ async def test_candidates_file_is_used(db: Database, market, cfg) -> None:
     rep = await reselect(db, cfg, dry_run=True, now=market.end)
     assert len(rep.decisions) == 2
     os.remove(cfg.selection.candidates_file)
-    assert run_local  # imported for the executor signature used above

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -186,6 +185,3 @@ def cmd_demo(args: argparse.Namespace, cfg: BotConfig) -> int:
 
     return asyncio.run(run())
 
-
-if __name__ == "__main__":
-    sys.exit(0)

@@ -9,10 +9,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from bot.config import BotConfig, ConfigError, dump_effective, load
@@ -114,9 +112,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
-    if args.config:
-        args.config = str(Path(args.config))
-    os.environ.setdefault("PYTHONHASHSEED", "0")
     return run_command(args.func, args)
 
 

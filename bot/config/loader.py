@@ -55,7 +55,7 @@ def _short(value: Any) -> str:
 def format_validation_error(err: ValidationError) -> list[str]:
     problems = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not isinstance(p, int) or True) or "<root>"
+        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
         msg = e["msg"]
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]

@@ -58,23 +58,20 @@ def to_utc(value: Any) -> dt.datetime:
 
 
 def _pool_of(db: Any) -> asyncpg.Pool:
-    for attr in ("pool",):
-        if hasattr(db, attr) and getattr(db, attr) is not None:
-            return getattr(db, attr)
-    return db
+    """The pool of a Database (or DBManager), or `db` itself when it is a pool/connection."""
+    pool = getattr(db, "pool", None)
+    return pool if pool is not None else db
 
 
 async def read_frame(conn_or_pool: Any, query: str, *args: Any, schema: dict[str, Any] | None = None) -> pl.DataFrame:
     """Run `query` through COPY ... TO STDOUT (CSV) and parse it with polars."""
     buf = io.BytesIO()
     pool = _pool_of(conn_or_pool)
-    sql = f"COPY ({query}) TO STDOUT WITH (FORMAT csv, HEADER true)"
     if isinstance(pool, asyncpg.Pool):
         async with pool.acquire() as conn:
             await conn.copy_from_query(query, *args, output=buf, format="csv", header=True)
     else:
         await pool.copy_from_query(query, *args, output=buf, format="csv", header=True)
-    del sql
     data = buf.getvalue()
     if not data:
         return pl.DataFrame(schema=schema or {})
@@ -94,7 +91,6 @@ async def upsert_instruments(db: Any, rows: pl.DataFrame) -> int:
     for c, default in (("max_qty", None), ("max_mkt_qty", None), ("min_notional", 0.0), ("status", "Trading")):
         if c not in frame.columns:
             frame = frame.with_columns(pl.lit(default).alias(c))
-    records = [tuple(str(v) if isinstance(v, float) else v for v in r) for r in frame.select(INSTRUMENT_COLS).iter_rows()]
     sql = (
         "INSERT INTO instruments (symbol, base_coin, qty_step, min_qty, max_qty, max_mkt_qty, min_notional,"
         " tick_size, price_scale, status, updated_at)"
@@ -105,8 +101,9 @@ async def upsert_instruments(db: Any, rows: pl.DataFrame) -> int:
         " min_notional = EXCLUDED.min_notional, tick_size = EXCLUDED.tick_size,"
         " price_scale = EXCLUDED.price_scale, status = EXCLUDED.status, updated_at = now()"
     )
+    # numeric columns go as text so a float like 0.001 is stored as the decimal 0.001
     records = [tuple(None if v is None else (str(v) if i in (2, 3, 4, 5, 6, 7) else v) for i, v in enumerate(r))
-               for r in records]
+               for r in frame.select(INSTRUMENT_COLS).iter_rows()]
     async with _pool_of(db).acquire() as conn:
         await conn.executemany(sql, records)
     return len(records)
@@ -423,12 +420,10 @@ async def build_bars_from_quotes(db: Any, tf: str, start: Any, end: Any,
         " ON CONFLICT (symbol, tf, open_time) DO UPDATE SET open = EXCLUDED.open, high = EXCLUDED.high,"
         " low = EXCLUDED.low, close = EXCLUDED.close, volume = EXCLUDED.volume, source = EXCLUDED.source"
     )
-    step = dt.timedelta(seconds=tf_seconds(tf))
     lo = to_utc(start)
     # align the lower bound down to a bar boundary so the first bar is complete
     lo = to_utc((int(lo.timestamp()) // tf_seconds(tf)) * tf_seconds(tf))
     hi = to_utc(end)
-    del step
     async with _pool_of(db).acquire() as conn:
         status = await conn.execute(sql, tf, dt.timedelta(seconds=tf_seconds(tf)), lo, hi, syms)
     return int(status.split()[-1])

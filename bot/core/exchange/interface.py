@@ -1,0 +1,88 @@
+"""The exchange seam: what the executor, the recorder and the jobs need from a venue.
+
+Two implementations share it: the paper exchange (`paper.py`, the default) and the
+Bybit v5 adapter over pybit (to come). Money that leaves the bot is Decimal:
+quantities are multiples of qtyStep, prices of tickSize (`rounding.py`). Errors are
+grouped by what the caller should do: retry a TemporaryError, record and handle an
+OrderRejected, stop on anything else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Literal, Protocol
+
+Side = Literal["Buy", "Sell"]
+
+
+class ExchangeError(Exception):
+    """Base of the exchange errors."""
+
+
+class TemporaryError(ExchangeError):
+    """Network trouble, rate limits, retryable codes: retry with backoff."""
+
+
+class OrderRejected(ExchangeError):
+    """The venue refused an order; nothing was filled."""
+
+    def __init__(self, code: int, message: str, order_link_id: str | None = None):
+        super().__init__(f"order rejected ({code}): {message}")
+        self.code = code
+        self.message = message
+        self.order_link_id = order_link_id
+
+
+@dataclass(frozen=True)
+class Instrument:
+    symbol: str
+    qty_step: Decimal
+    min_qty: Decimal
+    tick_size: Decimal
+    min_notional: Decimal = Decimal(0)
+    max_mkt_qty: Decimal | None = None
+
+
+@dataclass(frozen=True)
+class Quote:
+    symbol: str
+    ts: float
+    bid: Decimal
+    ask: Decimal
+    bid_size: Decimal
+    ask_size: Decimal
+
+
+@dataclass(frozen=True)
+class OrderRequest:
+    symbol: str
+    side: Side
+    qty: Decimal
+    order_link_id: str
+    reduce_only: bool = False
+
+
+@dataclass(frozen=True)
+class Fill:
+    order_link_id: str
+    symbol: str
+    side: Side
+    qty: Decimal
+    avg_price: Decimal
+    fee: Decimal
+    ts: float
+
+
+class Exchange(Protocol):
+    async def instruments(self) -> list[Instrument]: ...
+
+    async def place_market_order(self, order: OrderRequest) -> Fill: ...
+
+    async def order_status(self, order_link_id: str) -> Fill | None: ...
+
+    async def positions(self) -> dict[str, Decimal]: ...
+
+    async def wallet_balance(self) -> Decimal: ...
+
+    async def set_leverage(self, symbol: str, leverage: Decimal) -> None: ...

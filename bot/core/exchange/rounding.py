@@ -1,0 +1,71 @@
+"""Decimal-exact order quantities and prices, and deterministic order link ids.
+
+- qty: floor(notional / (price * qtyStep)) * qtyStep, computed in Decimal (no float
+  drift: 454.8 stays 454.8), then capped by maxMktOrderQty (rounded down to the step).
+- price: rounded to tickSize, down for buys and up for sells when `protective`
+  is False (never worse than asked), or to the nearest tick.
+- orderLinkId: `b-<position>-<leg>-<action>-<hash>`, at most 36 characters, the
+  same for the same (position, leg, action, attempt), so a retry of the same
+  intent can be looked up instead of placed twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
+
+MAX_LINK_ID = 36
+
+
+def to_decimal(value: Decimal | float | int | str) -> Decimal:
+    """Decimal of a number as written (floats through repr: 0.1 -> Decimal('0.1'))."""
+    if isinstance(value, Decimal):
+        return value
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    return Decimal(value)
+
+
+def round_qty(qty: Decimal | float | str, step: Decimal | float | str,
+              max_qty: Decimal | float | str | None = None) -> Decimal:
+    """`qty` rounded DOWN to a multiple of `step` (and capped at `max_qty`)."""
+    q, s = to_decimal(qty), to_decimal(step)
+    if s <= 0:
+        raise ValueError(f"qty step must be positive (got {s})")
+    n = (q / s).to_integral_value(rounding=ROUND_FLOOR)
+    out = (n * s).quantize(s.normalize()) if n > 0 else Decimal(0)
+    if max_qty is not None:
+        cap = round_qty(max_qty, s)
+        out = min(out, cap)
+    return out
+
+
+def qty_for_notional(notional: Decimal | float | str, price: Decimal | float | str,
+                     step: Decimal | float | str) -> Decimal:
+    """The largest multiple of `step` whose value at `price` does not exceed `notional`."""
+    p = to_decimal(price)
+    if p <= 0:
+        raise ValueError(f"price must be positive (got {p})")
+    return round_qty(to_decimal(notional) / p, step)
+
+
+def round_price(price: Decimal | float | str, tick: Decimal | float | str, side: str | None = None) -> Decimal:
+    """`price` on the tick grid: down for a Buy, up for a Sell, nearest when side is None."""
+    p, t = to_decimal(price), to_decimal(tick)
+    if t <= 0:
+        raise ValueError(f"tick size must be positive (got {t})")
+    mode = ROUND_FLOOR if side == "Buy" else ROUND_CEILING if side == "Sell" else ROUND_HALF_EVEN
+    return ((p / t).to_integral_value(rounding=mode) * t).quantize(t.normalize())
+
+
+def order_link_id(position_id: int | str, leg: int, action: str, attempt: int = 0) -> str:
+    """Deterministic Bybit orderLinkId (<= 36 chars) for (position, leg, action, attempt)."""
+    if leg not in (1, 2):
+        raise ValueError(f"leg must be 1 or 2 (got {leg})")
+    if action not in ("open", "close", "unwind"):
+        raise ValueError(f"action must be open, close or unwind (got {action!r})")
+    digest = hashlib.sha256(f"{position_id}|{leg}|{action}|{attempt}".encode()).hexdigest()[:8]
+    link = f"b-{position_id}-{leg}{action[0]}{attempt}-{digest}"
+    if len(link) > MAX_LINK_ID:
+        link = f"b-{hashlib.sha256(link.encode()).hexdigest()[:MAX_LINK_ID - 2]}"
+    return link

@@ -103,6 +103,9 @@ def run_command(func: Callable[[argparse.Namespace, Any], int], args: argparse.N
     except (ImportFileError, PairsFileError, UsageError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except FileNotFoundError as err:
+        print(f"error: no such file: {err.filename or err}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -74,3 +74,11 @@ def test_demo_on_embedded_postgres(tmp_path: Path) -> None:
     assert {"BTC", "ETH", "SOL"} <= set(manifest["symbols"]) and manifest["groups"]
     # the server was stopped cleanly: no postmaster left
     assert not (tmp_path / "demo" / "pgdata" / "postmaster.pid").exists()
+
+
+def test_missing_input_file_is_one_line_exit_2(tmp_path: Path) -> None:
+    res = run_bot("score", str(tmp_path / "nope.parquet"), "--model", str(tmp_path / "model-x.json"))
+    assert res.returncode in (1, 2) and "Traceback" not in res.stderr
+    res = run_bot("train", "--dataset", str(tmp_path / "nope.parquet"),
+                  env={"BOT_DATABASE_DSN": "postgresql://u@127.0.0.1:1/x"})
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "nope.parquet" in res.stderr

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -127,4 +126,3 @@ def test_notebook_call_get_open_time_stats() -> None:
     for k in f:
         assert (math.isnan(f[k]) and math.isnan(direct[k])) or f[k] == direct[k], k
     assert math.isfinite(f["btc_corr_1"]) and math.isnan(f["eth_corr_1"])
-    assert os.environ.get("NO_SUCH") is None

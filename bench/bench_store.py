@@ -15,30 +15,22 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
-import asyncpg
 import polars as pl
 
 from bot.core.db.market import copy_quotes, insert_quotes_executemany, symbol_of, to_utc
 from bot.core.db.migrate import migrate
-from bot.core.db.pool import Database, EmbeddedPostgres, create_pool
+from bot.core.db.pool import Database, create_pool
+from bot.core.db.scratch import create_database, drop_database, scratch_server
 from bot.core.demo_market import generate
 from bot.utils.pair_trading import load_data
-
-
-def _with_db(dsn: str, name: str) -> str:
-    from urllib.parse import urlsplit, urlunsplit
-
-    p = urlsplit(dsn)
-    return urlunsplit((p.scheme, p.netloc, "/" + name, p.query, p.fragment))
 
 
 async def naive_load(db: Database, t1: str, t2: str, start: dt.datetime, end: dt.datetime) -> pl.DataFrame:
@@ -107,44 +99,21 @@ def bot(*args: str, env: dict[str, str]) -> float:
 
 
 def main() -> None:
-    admin = os.environ.get("BOT_DATABASE_DSN")
-    tmp = Path(tempfile.mkdtemp(prefix="bot-bench-"))
-    server = None
-    if not admin:
-        server = EmbeddedPostgres(tmp / "pg")
-        admin = server.start()
-    name = f"bot_bench_{uuid.uuid4().hex[:8]}"
-
-    async def create() -> None:
-        c = await asyncpg.connect(admin)
-        await c.execute(f'CREATE DATABASE "{name}"')
-        await c.close()
-
-    async def drop() -> None:
-        c = await asyncpg.connect(admin)
-        await c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await c.close()
-
-    asyncio.run(create())
-    dsn = _with_db(admin, name)
-    try:
-        res = asyncio.run(store_bench(dsn))
-        env = {**os.environ, "BOT_DATABASE_DSN": dsn}
-        demo_s = bot("data", "demo", "--days", "30", "--symbols", "30", "--quote-interval", "5",
-                     "--manifest", str(tmp / "m.json"), env=env)
-        import json
-
-        man = json.loads((tmp / "m.json").read_text())
-        grp = man["groups"][0]
-        args = ("backtest", grp["leader"], grp["members"][0], "--start", "2025-01-10", "--end", "2025-01-30",
-                "--wind", "72")
-        first = bot(*args, env=env)
-        second = bot(*args, env=env)
-    finally:
-        asyncio.run(drop())
-        if server:
-            server.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+    with scratch_server(os.environ.get("BOT_DATABASE_DSN")) as admin, tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+        dsn = asyncio.run(create_database(admin, "bot_bench"))
+        try:
+            res = asyncio.run(store_bench(dsn))
+            env = {**os.environ, "BOT_DATABASE_DSN": dsn}
+            demo_s = bot("data", "demo", "--days", "30", "--symbols", "30", "--quote-interval", "5",
+                         "--manifest", str(tmp / "m.json"), env=env)
+            grp = json.loads((tmp / "m.json").read_text())["groups"][0]
+            args = ("backtest", grp["leader"], grp["members"][0], "--start", "2025-01-10", "--end", "2025-01-30",
+                    "--wind", "72")
+            first = bot(*args, env=env)
+            second = bot(*args, env=env)
+        finally:
+            asyncio.run(drop_database(admin, dsn))
     print(f"{'measure':56s} {'value':>14s}")
     print(f"{'quotes via binary COPY: rows/s':56s} {res['copy_rows_s']:>14,.0f}")
     print(f"{'quotes via executemany: rows/s':56s} {res['executemany_rows_s']:>14,.0f}")

@@ -277,6 +277,29 @@ def corr(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean((x - x.mean()) * (y - y.mean())) / (sx * sy))
 
 
+def last_per_bucket(ts: np.ndarray, values: np.ndarray, seconds: float) -> np.ndarray:
+    """The last value of each time bucket of `seconds` (epoch-aligned), in time order.
+
+    `ts` sorted epoch seconds; empty input gives an empty array.
+    """
+    if ts.shape[0] == 0:
+        return values[:0]
+    bucket = np.floor(ts / seconds)
+    last = np.flatnonzero(np.diff(bucket) != 0)
+    return values[np.concatenate([last, [ts.shape[0] - 1]])]
+
+
+def daily_return_std(ts: np.ndarray, log_prices: np.ndarray) -> float:
+    """Std (ddof 1) of daily log returns; daily close = the last point of each UTC day.
+
+    NaN with fewer than three daily closes.
+    """
+    closes = last_per_bucket(np.asarray(ts, dtype=np.float64), np.asarray(log_prices, dtype=np.float64), 86400.0)
+    if closes.shape[0] < 3:
+        return math.nan
+    return float(np.std(np.diff(closes), ddof=1))
+
+
 def linear_trend(x: np.ndarray, hours_per_point: float) -> float:
     """Slope of a linear fit of x per hour, in units of std(x) (NaN if flat)."""
     clean = _clean(x)

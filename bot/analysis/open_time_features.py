@@ -71,15 +71,6 @@ def _std_ret(lp: np.ndarray) -> float:
     return float(np.std(np.diff(lp), ddof=1)) if lp.shape[0] > 2 else math.nan
 
 
-def _daily_std(ts: np.ndarray, lp: np.ndarray) -> float:
-    if ts.shape[0] < 3:
-        return math.nan
-    day = np.floor(ts / 86400.0)
-    last = np.flatnonzero(np.diff(day) != 0)  # last bar of each complete day
-    closes = lp[np.concatenate([last, [lp.shape[0] - 1]])]
-    return _std_ret(closes) if closes.shape[0] > 2 else math.nan
-
-
 def _sensitivity(l1: np.ndarray, l2: np.ndarray, side: float, n1: float, n2: float) -> tuple[float, float, float]:
     """Per-step PnL of the position per 1 % log-spread move: (mean, up moves, down moves)."""
     if l1.shape[0] < 3:
@@ -94,15 +85,6 @@ def _sensitivity(l1: np.ndarray, l2: np.ndarray, side: float, n1: float, n2: flo
     up, down = sens[ds[ok] > 0], sens[ds[ok] < 0]
     return (float(sens.mean()), float(up.mean()) if up.size else math.nan,
             float(down.mean()) if down.size else math.nan)
-
-
-def _resample_5m(ts: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Last value of each 5-minute bucket (buckets in time order)."""
-    if ts.shape[0] == 0:
-        return values[:0]
-    bucket = np.floor(ts / 300.0)
-    last = np.flatnonzero(np.diff(bucket) != 0)
-    return values[np.concatenate([last, [ts.shape[0] - 1]])]
 
 
 def open_time_features(
@@ -146,8 +128,8 @@ def open_time_features(
     if cache is not None and key in cache:
         out.update(cache[key])
     elif y1.size >= 30 and np.isfinite(y1).all() and np.isfinite(y2).all():
-        out["std_1_180d"] = _daily_std(t180, y1)
-        out["std_2_180d"] = _daily_std(t180, y2)
+        out["std_1_180d"] = est.daily_return_std(t180, y1)
+        out["std_2_180d"] = est.daily_return_std(t180, y2)
         out["beta_1_180d"] = est.ols_beta(y1, y2)
         out["beta_2_180d"] = est.ols_beta(y2, y1)
         out["pv_1"] = est.engle_granger(y1, y2).pvalue
@@ -197,8 +179,8 @@ def open_time_features(
         tt = np.asarray(tick_ts[lo:hi], dtype=np.float64)
         if tt.size:
             with np.errstate(divide="ignore", invalid="ignore"):
-                s1 = np.log(_resample_5m(tt, np.asarray(tick_mid_1[lo:hi], dtype=np.float64)))
-                s2 = np.log(_resample_5m(tt, np.asarray(tick_mid_2[lo:hi], dtype=np.float64)))
+                s1 = np.log(est.last_per_bucket(tt, np.asarray(tick_mid_1[lo:hi], dtype=np.float64), 300.0))
+                s2 = np.log(est.last_per_bucket(tt, np.asarray(tick_mid_2[lo:hi], dtype=np.float64), 300.0))
             step_h = 5 / 60
             if s1.size >= 15:
                 out["rsi_t1_5m"] = est.wilder_rsi(np.exp(s1))

@@ -83,7 +83,8 @@ async def run_backtest_from_db(db: Any, cfg: BotConfig, t1: str, t2: str, start:
     from bot.core.db.market import coin_information, load_pair_data
     from bot.utils.pair_trading import create_zscore_df
 
-    tick_df, agg_df = await load_pair_data(db, t1, t2, start, end, s["tf"], s["wind"], cfg.data.reference_symbols)
+    tick_df, agg_df = await load_pair_data(db, t1, t2, start, end, s["tf"], s["wind"], cfg.data.reference_symbols,
+                                           half_spread=s["half_spread_bp"] * 1e-4)
     if tick_df.height == 0:
         raise ValueError(f"no data for {t1}/{t2} between {start:%Y-%m-%d %H:%M} and {end:%Y-%m-%d %H:%M}")
     info = (await coin_information(db))["bybit_linear"]

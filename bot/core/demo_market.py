@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from bot.core.exchange.rounding import assumed_qty_step
+
 REFERENCE = ("BTC", "ETH", "SOL")
 _NAMES = (
     "ADA", "ALGO", "APT", "ARB", "ATOM", "AVAX", "BCH", "DOGE", "DOT", "ENA", "FIL", "HBAR",
@@ -88,11 +90,6 @@ class DemoMarket:
                 for j in range(i + 1, len(names)):
                     pairs.append([names[i], names[j]])
         return pairs
-
-
-def _qty_step(price: float) -> float:
-    exp = round(math.log10(1.0 / price))
-    return float(10.0 ** min(max(exp, -3), 2))
 
 
 def _tick_size(price: float) -> float:
@@ -173,7 +170,7 @@ def generate(
         mid = np.exp(log_p[name])
         p_ref = float(mid[0])
         tick = _tick_size(p_ref)
-        step = _qty_step(p_ref)
+        step = assumed_qty_step(p_ref)
         half = float(rng.uniform(0.5e-4, 1.5e-4))
         bid = np.floor(mid * (1 - half) / tick) * tick
         ask = np.ceil(mid * (1 + half) / tick) * tick

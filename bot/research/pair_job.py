@@ -92,15 +92,6 @@ def _sizing(inp: PairInput, s: StrategyConfig, std_1: float, std_2: float) -> Si
                         inp.qty_step_2, inp.min_qty_1, inp.min_qty_2, inp.min_notional_1, inp.min_notional_2)
 
 
-def _daily_std(ts: np.ndarray, close: np.ndarray) -> float:
-    day = np.floor(ts / 86400.0)
-    last = np.flatnonzero(np.diff(day) != 0)
-    closes = close[np.concatenate([last, [close.shape[0] - 1]])] if close.size else close
-    if closes.shape[0] < 3:
-        return math.nan
-    return float(np.std(np.diff(np.log(closes)), ddof=1))
-
-
 def _summary(p: ParamSet, metrics: dict[str, Any]) -> dict[str, Any]:
     return {"param_id": p.param_id, "params": p.as_dict(), "trades": int(metrics["trades"]),
             "pr": metrics["pr"], "pr_rat": metrics["pr_rat"], "max_drdn": metrics["max_drdn"],
@@ -154,7 +145,7 @@ def run_pair(
     # pair statistics on the train bars (no look-ahead: bars before valid_time)
     tb = slice(n_before, n_train_bars)
     l1, l2 = np.log(inp.close_1[tb]), np.log(inp.close_2[tb])
-    std_1, std_2 = _daily_std(inp.bar_ts[tb], inp.close_1[tb]), _daily_std(inp.bar_ts[tb], inp.close_2[tb])
+    std_1, std_2 = est.daily_return_std(inp.bar_ts[tb], l1), est.daily_return_std(inp.bar_ts[tb], l2)
     dist, dist_std = est.distance(l1, l2)
     stats: dict[str, Any] = dict.fromkeys(STATS_COLUMNS)
     stats.update(coin1=inp.token_1, coin2=inp.token_2, std_1=std_1, std_2=std_2,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
-import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from bot.core.db.market import (
     symbol_of,
     to_utc,
 )
+from bot.core.exchange.rounding import assumed_qty_step
 from bot.research.executor import Task, run_tasks
 from bot.research.jsonl import JsonlLog
 from bot.research.pair_job import PairInput, PairOutcome, run_pair, stats_frame
@@ -64,12 +64,6 @@ class SweepReport:
         return out
 
 
-def assumed_qty_step(price: float) -> float:
-    """A Bybit-like qty step for a price when no instrument info exists (imported candles)."""
-    exp = round(math.log10(1.0 / price))
-    return float(10.0 ** min(max(exp, -3), 2))
-
-
 async def load_input(db: Any, cfg: BotConfig, t1: str, t2: str, train_start: dt.datetime, valid: dt.datetime,
                      end: dt.datetime, max_wind: int, info: dict[str, Any], assume_instruments: bool,
                      bars_long: pl.DataFrame | None = None, quotes_long: pl.DataFrame | None = None) -> PairInput:
@@ -81,18 +75,12 @@ async def load_input(db: Any, cfg: BotConfig, t1: str, t2: str, train_start: dt.
             raise SkipPair(f"no instrument info for {t}")
         metas.append(meta)
     tick_df, agg = await load_pair_data(db, t1, t2, train_start, end, s.tf, max_wind, cfg.data.reference_symbols,
-                                        bars_long, quotes_long)
+                                        bars_long, quotes_long, half_spread=s.half_spread_bp * 1e-4)
     if agg.height == 0 or tick_df.height == 0:
         raise SkipPair(f"no data for {t1}/{t2} in the window (unknown token or no history)")
     bars_only = tick_df[f"{t1}_bid_size"].null_count() == tick_df.height
-    hs = s.half_spread_bp * 1e-4
-    if bars_only:
-        # synthetic quotes from the configured half spread (load_data assumes 1 bp)
-        bid_1, ask_1 = tick_df[t1].to_numpy() * (1 - hs), tick_df[t1].to_numpy() * (1 + hs)
-        bid_2, ask_2 = tick_df[t2].to_numpy() * (1 - hs), tick_df[t2].to_numpy() * (1 + hs)
-    else:
-        bid_1, ask_1 = tick_df[f"{t1}_bid_price"].to_numpy(), tick_df[f"{t1}_ask_price"].to_numpy()
-        bid_2, ask_2 = tick_df[f"{t2}_bid_price"].to_numpy(), tick_df[f"{t2}_ask_price"].to_numpy()
+    bid_1, ask_1 = tick_df[f"{t1}_bid_price"].to_numpy(), tick_df[f"{t1}_ask_price"].to_numpy()
+    bid_2, ask_2 = tick_df[f"{t2}_bid_price"].to_numpy(), tick_df[f"{t2}_ask_price"].to_numpy()
     steps = [m["qty_step"] if m else assumed_qty_step(float(agg[t][0])) for m, t in zip(metas, (t1, t2), strict=True)]
     refs = {r.lower(): agg[r].cast(pl.Float64).to_numpy() for r in cfg.data.reference_symbols if r in agg.columns}
     return PairInput(

@@ -511,14 +511,16 @@ def bars_wide(long: pl.DataFrame, tokens: Sequence[str]) -> pl.DataFrame:
 async def load_pair_data(db: Any, token_1: str, token_2: str, start: Any, end: Any, tf: str, wind: int,
                          reference_tokens: Sequence[str] = ("BTC", "ETH", "SOL"),
                          bars_long: pl.DataFrame | None = None,
-                         quotes_long: pl.DataFrame | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+                         quotes_long: pl.DataFrame | None = None,
+                         half_spread: float = 1e-4) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(tick_df, agg_df) in the notebook's layout.
 
     tick_df: quotes of both tokens with start <= ts < end, inner-aligned on ts;
     columns `time`, `ts` (int s) and per token T: `T` (mid), `T_size` (mean of bid and
     ask size), `T_bid_price`, `T_ask_price`, `T_bid_size`, `T_ask_size`. When no quotes
     exist (imported candles), tick_df is bars-only: each bar close is a tick stamped
-    at the bar's open time with bid/ask = close -/+ 1 bp and sizes null.
+    at the bar's open time with bid/ask = close (1 -/+ half_spread) (default 1 bp)
+    and sizes null.
     agg_df: bars with open time in [start - wind * tf, end): `time`, `ts`, and the
     bar close per token (the pair's tokens inner-aligned; reference tokens
     BTC/ETH/SOL left-joined when present). `bars_long` (a read_bars frame covering the
@@ -554,8 +556,8 @@ async def load_pair_data(db: Any, token_1: str, token_2: str, start: Any, end: A
             *[e for tok in (t1, t2) for e in (
                 pl.col(tok),
                 pl.lit(None, dtype=pl.Float64).alias(f"{tok}_size"),
-                (pl.col(tok) * (1 - 1e-4)).alias(f"{tok}_bid_price"),
-                (pl.col(tok) * (1 + 1e-4)).alias(f"{tok}_ask_price"),
+                (pl.col(tok) * (1 - half_spread)).alias(f"{tok}_bid_price"),
+                (pl.col(tok) * (1 + half_spread)).alias(f"{tok}_ask_price"),
                 pl.lit(None, dtype=pl.Float64).alias(f"{tok}_bid_size"),
                 pl.lit(None, dtype=pl.Float64).alias(f"{tok}_ask_size"),
             )],

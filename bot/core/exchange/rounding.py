@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
 
 MAX_LINK_ID = 36
@@ -56,6 +57,13 @@ def round_price(price: Decimal | float | str, tick: Decimal | float | str, side:
         raise ValueError(f"tick size must be positive (got {t})")
     mode = ROUND_FLOOR if side == "Buy" else ROUND_CEILING if side == "Sell" else ROUND_HALF_EVEN
     return ((p / t).to_integral_value(rounding=mode) * t).quantize(t.normalize())
+
+
+def assumed_qty_step(price: float) -> float:
+    """A Bybit-like qty step for a price, for markets without instrument info (the demo
+    market, imported candles): 10^round(log10(1 / price)) clipped to [0.001, 100]."""
+    exp = round(math.log10(1.0 / price))
+    return float(10.0 ** min(max(exp, -3), 2))
 
 
 def order_link_id(position_id: int | str, leg: int, action: str, attempt: int = 0) -> str:

@@ -1,7 +1,7 @@
 """The exchange seam: what the executor, the recorder and the jobs need from a venue.
 
 Two implementations share it: the paper exchange (`paper.py`, the default) and the
-Bybit v5 adapter over pybit (to come). Money that leaves the bot is Decimal:
+Bybit v5 adapter over pybit (`bybit.py`); the top-of-book stream is `stream.py`. Money that leaves the bot is Decimal:
 quantities are multiples of qtyStep, prices of tickSize (`rounding.py`). Errors are
 grouped by what the caller should do: retry a TemporaryError, record and handle an
 OrderRejected, stop on anything else.
@@ -24,6 +24,15 @@ class TemporaryError(ExchangeError):
     """Network trouble, rate limits, retryable codes: retry with backoff."""
 
 
+class VenueError(ExchangeError):
+    """The venue answered a request with an error code that retrying will not fix."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(f"bybit error {code}: {message}")
+        self.code = code
+        self.message = message
+
+
 class OrderRejected(ExchangeError):
     """The venue refused an order; nothing was filled."""
 
@@ -42,6 +51,9 @@ class Instrument:
     tick_size: Decimal
     min_notional: Decimal = Decimal(0)
     max_mkt_qty: Decimal | None = None
+    max_qty: Decimal | None = None
+    price_scale: int | None = None
+    status: str = "Trading"
 
 
 @dataclass(frozen=True)
@@ -52,6 +64,7 @@ class Quote:
     ask: Decimal
     bid_size: Decimal
     ask_size: Decimal
+    received: float = 0.0  # wall-clock epoch seconds when the bot received it (0: unknown)
 
 
 @dataclass(frozen=True)
@@ -86,3 +99,5 @@ class Exchange(Protocol):
     async def wallet_balance(self) -> Decimal: ...
 
     async def set_leverage(self, symbol: str, leverage: Decimal) -> None: ...
+
+    async def cancel_order(self, symbol: str, order_link_id: str) -> bool: ...

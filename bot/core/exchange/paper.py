@@ -114,3 +114,7 @@ class PaperExchange:
         fill = Fill(order.order_link_id, order.symbol, order.side, qty, price, fee, quote.ts)
         self._fills[order.order_link_id] = fill
         return fill
+
+    async def cancel_order(self, symbol: str, order_link_id: str) -> bool:
+        """Paper market orders fill or fail at once: there is never anything to cancel."""
+        return False

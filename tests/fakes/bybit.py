@@ -1,0 +1,625 @@
+"""A loopback fake of the Bybit v5 API subset the bot uses, for tests and benchmarks.
+
+REST (http://127.0.0.1:PORT): market/instruments-info (cursor pagination),
+market/tickers, market/kline, market/time, order/create, order/cancel,
+order/realtime, position/list, position/set-leverage, account/wallet-balance.
+Private endpoints check Bybit's HMAC signature (timestamp + key + recvWindow +
+payload, hex SHA-256) and the recv window, answering 10003 / 10004 / 10002 like
+the venue. Websockets: /v5/public/linear (`orderbook.1.{SYMBOL}`: a snapshot, then
+deltas, `{"op": "ping"}` answered) and /v5/private (auth, `order`, `position`).
+Message layouts follow the real v5 fixtures in ../shared/data/bybit_api (an
+instrument is the BTCUSDT entry of the fixture with its numbers replaced).
+
+Faults, set from the test thread: `reject_next_order(code, msg)`,
+`rate_limit_next(n)` (retCode 10006 with X-Bapi-Limit-* headers), `delay_create(s)`
+(the order is placed, the answer comes late: a client timeout), `delay_all(s)`,
+`drop_websockets()` (abort every public connection), `pause_feed()`.
+
+The server runs on its own thread and event loop so the code under test (pybit is
+synchronous; the bot's asyncio loop is the test's) talks to it over real sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import hashlib
+import hmac
+import json
+import math
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "bybit_api"
+_INSTRUMENT_FIXTURE = FIXTURES / "nautilus_legacy_integration_resources" / "http_responses" / "linear" / "instruments.json"
+_ORDER_FIXTURE = FIXTURES / "nautilus_crates_test_data" / "ws_account_order.json"
+_POSITION_FIXTURE = FIXTURES / "nautilus_crates_test_data" / "http_get_positions.json"
+
+_TF_MS = {"1": 60_000, "3": 180_000, "5": 300_000, "15": 900_000, "30": 1_800_000, "60": 3_600_000,
+          "120": 7_200_000, "240": 14_400_000, "D": 86_400_000}
+
+
+def _load(path: Path, fallback: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())  # type: ignore[no-any-return]
+    except FileNotFoundError:
+        return fallback
+
+
+@dataclass
+class Market:
+    """One symbol of the fake venue."""
+
+    symbol: str
+    price: float
+    qty_step: str = "0.001"
+    tick_size: str = "0.01"
+    min_qty: str = "0.001"
+    min_notional: str = "5"
+    max_mkt_qty: str = "1000000"
+    listed_ms: int = 0  # klines exist from here on
+    bid: Decimal = Decimal(0)
+    ask: Decimal = Decimal(0)
+    bid_size: Decimal = Decimal("10")
+    ask_size: Decimal = Decimal("12")
+    u: int = 0
+    step: int = 0
+
+
+@dataclass
+class Order:
+    data: dict[str, Any]
+
+
+@dataclass
+class FakeState:
+    markets: dict[str, Market] = field(default_factory=dict)
+    orders: dict[str, dict[str, Any]] = field(default_factory=dict)  # by orderLinkId
+    positions: dict[str, Decimal] = field(default_factory=dict)
+    entry_value: dict[str, Decimal] = field(default_factory=dict)
+    leverage: dict[str, str] = field(default_factory=dict)
+    balance: Decimal = Decimal("10000")
+    fee_rate: Decimal = Decimal("0.00055")
+
+
+def kline_close(symbol: str, base: float, t_ms: int) -> float:
+    """Deterministic close of the bar opening at t_ms: the same for every page and call."""
+    h = int(hashlib.sha256(symbol.encode()).hexdigest()[:6], 16)
+    x = t_ms / 3_600_000.0
+    return base * (1.0 + 0.03 * math.sin(x / 24.0 + h) + 0.004 * math.sin(x * 1.7 + h / 7.0))
+
+
+class FakeBybit:
+    """Start with `with FakeBybit(markets) as fake:`; `fake.http_url`, `fake.public_ws_url`."""
+
+    def __init__(self, markets: list[Market] | None = None, api_key: str = "test-key",
+                 api_secret: str = "test-secret", feed_rate: float = 10.0, page_limit_max: int = 1000,
+                 seed: int = 7):
+        self.keys = {api_key: api_secret}
+        self.feed_rate = feed_rate
+        self.page_limit_max = page_limit_max
+        self.state = FakeState()
+        for m in markets or [Market("BTCUSDT", 60000.0, "0.001", "0.10"), Market("ETHUSDT", 3000.0, "0.01", "0.01")]:
+            self.add_market(m)
+        self.lock = threading.Lock()
+        self.requests: Counter[str] = Counter()
+        self.orders_created = 0
+        self.ws_connections = 0
+        self.ws_subscribe_requests = 0
+        self.messages_sent = 0
+        self._rejections: list[tuple[int, str]] = []
+        self._rate_limited = 0
+        self._create_delay = 0.0
+        self._create_delay_count = 0
+        self._delay_all = 0.0
+        self._feed_paused = False
+        self._seed = seed
+        self._public: dict[web.WebSocketResponse, set[str]] = {}
+        self._private: dict[web.WebSocketResponse, set[str]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._started = threading.Event()
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+        self._instrument_template = _load(_INSTRUMENT_FIXTURE, {"result": {"list": [{}]}})["result"]["list"][0]
+        self._order_template = _load(_ORDER_FIXTURE, {"data": [{}]})["data"][0]
+        self._position_template = _load(_POSITION_FIXTURE, {"result": {"list": [{}]}})["result"]["list"][0]
+
+    # ------------------------------------------------------------ set-up
+
+    def add_market(self, m: Market) -> None:
+        tick = Decimal(m.tick_size)
+        p = Decimal(repr(m.price))
+        m.bid = (p / tick).to_integral_value() * tick
+        m.ask = m.bid + tick
+        self.state.markets[m.symbol] = m
+        self.state.leverage.setdefault(m.symbol, "10")
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def public_ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v5/public/linear"
+
+    @property
+    def private_ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v5/private"
+
+    def __enter__(self) -> FakeBybit:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="fake-bybit", daemon=True)
+        self._thread.start()
+        if not self._started.wait(10):
+            raise RuntimeError("fake Bybit did not start")
+
+    def stop(self) -> None:
+        if self._loop is None:
+            return
+        fut = asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
+        fut.result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(self._startup())
+        self._started.set()
+        loop.run_forever()
+        loop.close()
+
+    async def _startup(self) -> None:
+        app = web.Application()
+        app.router.add_get("/v5/market/instruments-info", self._instruments)
+        app.router.add_get("/v5/market/tickers", self._tickers)
+        app.router.add_get("/v5/market/kline", self._kline)
+        app.router.add_get("/v5/market/time", self._time)
+        app.router.add_post("/v5/order/create", self._order_create)
+        app.router.add_post("/v5/order/cancel", self._order_cancel)
+        app.router.add_get("/v5/order/realtime", self._order_realtime)
+        app.router.add_get("/v5/position/list", self._position_list)
+        app.router.add_post("/v5/position/set-leverage", self._set_leverage)
+        app.router.add_get("/v5/account/wallet-balance", self._wallet)
+        app.router.add_get("/v5/public/linear", self._public_ws)
+        app.router.add_get("/v5/private", self._private_ws)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._feed_task = asyncio.get_running_loop().create_task(self._feed())
+
+    async def _shutdown(self) -> None:
+        self._feed_task.cancel()
+        for ws in list(self._public) + list(self._private):
+            await ws.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    # ------------------------------------------------------------ faults
+
+    def reject_next_order(self, code: int, message: str) -> None:
+        with self.lock:
+            self._rejections.append((code, message))
+
+    def rate_limit_next(self, n: int) -> None:
+        with self.lock:
+            self._rate_limited += n
+
+    def delay_create(self, seconds: float, count: int = 1) -> None:
+        with self.lock:
+            self._create_delay, self._create_delay_count = seconds, count
+
+    def delay_all(self, seconds: float) -> None:
+        self._delay_all = seconds
+
+    def pause_feed(self, paused: bool = True) -> None:
+        self._feed_paused = paused
+
+    def drop_websockets(self) -> int:
+        """Abort every public websocket connection (no close frame); returns how many."""
+        assert self._loop is not None
+        n = len(self._public)
+
+        def abort() -> None:
+            for ws in list(self._public):
+                transport = ws._req.transport if ws._req is not None else None
+                if transport is not None:
+                    transport.abort()
+        self._loop.call_soon_threadsafe(abort)
+        return n
+
+    def public_subscriptions(self) -> set[str]:
+        out: set[str] = set()
+        for topics in list(self._public.values()):
+            out |= topics
+        return out
+
+    # ------------------------------------------------------------ helpers
+
+    @staticmethod
+    def _ok(result: Any, headers: dict[str, str] | None = None) -> web.Response:
+        body = {"retCode": 0, "retMsg": "OK", "result": result, "retExtInfo": {}, "time": int(time.time() * 1000)}
+        return web.json_response(body, headers=headers)
+
+    @staticmethod
+    def _err(code: int, msg: str, headers: dict[str, str] | None = None) -> web.Response:
+        body = {"retCode": code, "retMsg": msg, "result": {}, "retExtInfo": {}, "time": int(time.time() * 1000)}
+        return web.json_response(body, headers=headers)
+
+    async def _common(self, request: web.Request, private: bool) -> tuple[web.Response | None, str]:
+        self.requests[request.path] += 1
+        if self._delay_all:
+            await asyncio.sleep(self._delay_all)
+        payload = request.query_string if request.method == "GET" else await request.text()
+        with self.lock:
+            limited = self._rate_limited > 0
+            if limited:
+                self._rate_limited -= 1
+        if limited:
+            now = int(time.time() * 1000)
+            return self._err(10006, "Too many visits!", {
+                "X-Bapi-Limit-Status": "0", "X-Bapi-Limit": "10",
+                "X-Bapi-Limit-Reset-Timestamp": str(now + 200)}), payload
+        if private:
+            key = request.headers.get("X-BAPI-API-KEY", "")
+            secret = self.keys.get(key)
+            if secret is None:
+                return self._err(10003, "API key is invalid."), payload
+            ts = request.headers.get("X-BAPI-TIMESTAMP", "0")
+            window = request.headers.get("X-BAPI-RECV-WINDOW", "5000")
+            expect = hmac.new(secret.encode(), f"{ts}{key}{window}{payload}".encode(), hashlib.sha256).hexdigest()
+            if not hmac.compare_digest(expect, request.headers.get("X-BAPI-SIGN", "")):
+                return self._err(10004, "error sign! origin_string[...]"), payload
+            if abs(time.time() * 1000 - int(ts)) > int(window):
+                return self._err(10002, "invalid request, please check your server timestamp or recv_window param"), payload
+        return None, payload
+
+    def _instrument_json(self, m: Market) -> dict[str, Any]:
+        out = copy.deepcopy(self._instrument_template)
+        out["symbol"] = m.symbol
+        out["baseCoin"] = m.symbol[:-4]
+        out["priceScale"] = str(max(0, -Decimal(m.tick_size).as_tuple().exponent))  # type: ignore[operator]
+        out.setdefault("priceFilter", {})["tickSize"] = m.tick_size
+        lot = out.setdefault("lotSizeFilter", {})
+        lot.update({"qtyStep": m.qty_step, "minOrderQty": m.min_qty, "maxMktOrderQty": m.max_mkt_qty,
+                    "maxOrderQty": str(Decimal(m.max_mkt_qty) * 10), "minNotionalValue": m.min_notional})
+        return out
+
+    # ------------------------------------------------------------ REST: market
+
+    async def _time(self, request: web.Request) -> web.Response:
+        now = time.time()
+        return self._ok({"timeSecond": str(int(now)), "timeNano": str(int(now * 1e9))})
+
+    async def _instruments(self, request: web.Request) -> web.Response:
+        err, _ = await self._common(request, private=False)
+        if err:
+            return err
+        q = request.query
+        limit = min(int(q.get("limit", "500")), self.page_limit_max)
+        names = sorted(self.state.markets)
+        if q.get("symbol"):
+            names = [s for s in names if s == q["symbol"]]
+        start = int(q["cursor"]) if q.get("cursor") else 0
+        page = names[start:start + limit]
+        nxt = str(start + limit) if start + limit < len(names) else ""
+        return self._ok({"category": "linear", "list": [self._instrument_json(self.state.markets[s]) for s in page],
+                         "nextPageCursor": nxt})
+
+    async def _tickers(self, request: web.Request) -> web.Response:
+        err, _ = await self._common(request, private=False)
+        if err:
+            return err
+        sym = request.query.get("symbol")
+        rows = []
+        for m in self.state.markets.values():
+            if sym and m.symbol != sym:
+                continue
+            rows.append({"symbol": m.symbol, "bid1Price": str(m.bid), "bid1Size": str(m.bid_size),
+                         "ask1Price": str(m.ask), "ask1Size": str(m.ask_size),
+                         "lastPrice": str((m.bid + m.ask) / 2), "markPrice": str((m.bid + m.ask) / 2)})
+        return self._ok({"category": "linear", "list": rows})
+
+    async def _kline(self, request: web.Request) -> web.Response:
+        err, _ = await self._common(request, private=False)
+        if err:
+            return err
+        q = request.query
+        m = self.state.markets.get(q.get("symbol", ""))
+        if m is None:
+            return self._err(10001, "params error: symbol invalid")
+        step = _TF_MS.get(q.get("interval", ""))
+        if step is None:
+            return self._err(10001, "params error: interval invalid")
+        limit = min(int(q.get("limit", "200")), 1000)
+        now = int(time.time() * 1000)
+        end = int(q.get("end", now))
+        start = int(q.get("start", end - step * (limit - 1)))
+        first = -(-max(start, m.listed_ms) // step) * step
+        last = min(end, now) // step * step
+        opens = list(range(first, last + 1, step))[-limit:]
+        rows = []
+        for t in reversed(opens):  # newest first, as Bybit answers
+            o, c = kline_close(m.symbol, m.price, t - step), kline_close(m.symbol, m.price, t)
+            rows.append([str(t), f"{o:.6f}", f"{max(o, c) * 1.001:.6f}", f"{min(o, c) * 0.999:.6f}", f"{c:.6f}",
+                         "100.0", f"{100.0 * c:.4f}"])
+        return self._ok({"category": "linear", "symbol": m.symbol, "list": rows})
+
+    # ------------------------------------------------------------ REST: trading
+
+    def _position_entry(self, symbol: str) -> dict[str, Any]:
+        size = self.state.positions.get(symbol, Decimal(0))
+        out = copy.deepcopy(self._position_template)
+        m = self.state.markets[symbol]
+        value = self.state.entry_value.get(symbol, Decimal(0))
+        out.update({"symbol": symbol, "side": "Buy" if size > 0 else "Sell" if size < 0 else "",
+                    "size": str(abs(size)), "positionIdx": 0, "leverage": self.state.leverage[symbol],
+                    "avgPrice": str(abs(value / size)) if size else "0", "positionValue": str(abs(value)),
+                    "markPrice": str((m.bid + m.ask) / 2)})
+        return out
+
+    async def _order_create(self, request: web.Request) -> web.Response:
+        err, payload = await self._common(request, private=True)
+        if err:
+            return err
+        body = json.loads(payload)
+        link = body.get("orderLinkId") or uuid.uuid4().hex
+        with self.lock:
+            if self._rejections:
+                code, msg = self._rejections.pop(0)
+                return self._err(code, msg)
+            if link in self.state.orders:
+                return self._err(110072, "OrderLinkedID is duplicate")
+            m = self.state.markets.get(body.get("symbol", ""))
+            if m is None:
+                return self._err(10001, "params error: symbol invalid")
+            side, qty = body.get("side"), Decimal(str(body.get("qty", "0")))
+            if side not in ("Buy", "Sell") or body.get("orderType") != "Market":
+                return self._err(10001, "params error: side or orderType invalid")
+            step = Decimal(m.qty_step)
+            if qty <= 0 or qty % step != 0 or qty < Decimal(m.min_qty):
+                return self._err(10001, "Qty invalid")
+            if qty > Decimal(m.max_mkt_qty):
+                return self._err(10001, "The quantity of a single market order must be less than the maximum")
+            price = m.ask if side == "Buy" else m.bid
+            signed = qty if side == "Buy" else -qty
+            pos = self.state.positions.get(m.symbol, Decimal(0))
+            if body.get("reduceOnly") and (pos == 0 or (pos > 0) == (signed > 0) or abs(signed) > abs(pos)):
+                return self._err(110017, "current position is zero, cannot fix reduce-only order qty")
+            if qty * price < Decimal(m.min_notional) and not body.get("reduceOnly"):
+                return self._err(110094, "Order does not meet minimum order value")
+            margin = qty * price / Decimal(self.state.leverage[m.symbol])
+            if not body.get("reduceOnly") and margin > self.state.balance:
+                return self._err(110007, "ab not enough for new order")
+            fee = qty * price * self.state.fee_rate
+            # one-way position: realise the pnl of the closed part at the average entry
+            if pos != 0 and (pos > 0) != (signed > 0):
+                closed = min(abs(signed), abs(pos))
+                avg = self.state.entry_value[m.symbol] / pos
+                pnl = closed * (price - avg) * (1 if pos > 0 else -1)
+                self.state.balance += pnl
+                self.state.entry_value[m.symbol] -= avg * closed * (1 if pos > 0 else -1)
+                rest = abs(signed) - closed
+                if rest:
+                    self.state.entry_value[m.symbol] = price * rest * (1 if signed > 0 else -1)
+            else:
+                self.state.entry_value[m.symbol] = self.state.entry_value.get(m.symbol, Decimal(0)) + price * signed
+            self.state.positions[m.symbol] = pos + signed
+            self.state.balance -= fee
+            now = str(int(time.time() * 1000))
+            order = copy.deepcopy(self._order_template)
+            order.update({"category": "linear", "symbol": m.symbol, "orderId": uuid.uuid4().hex, "side": side,
+                          "orderType": "Market", "price": str(price), "qty": str(qty), "timeInForce": "IOC",
+                          "orderStatus": "Filled", "orderLinkId": link, "reduceOnly": bool(body.get("reduceOnly")),
+                          "leavesQty": "0", "leavesValue": "0", "cumExecQty": str(qty),
+                          "cumExecValue": str(qty * price), "avgPrice": str(price), "cumExecFee": str(fee),
+                          "createdTime": now, "updatedTime": now, "cancelType": "UNKNOWN", "stopOrderType": "",
+                          "triggerPrice": "", "positionIdx": 0})
+            self.state.orders[link] = order
+            self.orders_created += 1
+            delay = 0.0
+            if self._create_delay_count > 0:
+                delay, self._create_delay_count = self._create_delay, self._create_delay_count - 1
+            position = self._position_entry(m.symbol)
+        await self._push_private("order", [order])
+        await self._push_private("position", [position])
+        if delay:
+            await asyncio.sleep(delay)
+        return self._ok({"orderId": order["orderId"], "orderLinkId": link})
+
+    async def _order_cancel(self, request: web.Request) -> web.Response:
+        err, payload = await self._common(request, private=True)
+        if err:
+            return err
+        return self._err(110001, "order not exists or too late to cancel")
+
+    async def _order_realtime(self, request: web.Request) -> web.Response:
+        err, _ = await self._common(request, private=True)
+        if err:
+            return err
+        q = request.query
+        with self.lock:
+            rows = [o for o in self.state.orders.values()
+                    if (not q.get("orderLinkId") or o["orderLinkId"] == q["orderLinkId"])
+                    and (not q.get("symbol") or o["symbol"] == q["symbol"])]
+        return self._ok({"category": "linear", "list": rows, "nextPageCursor": ""})
+
+    async def _position_list(self, request: web.Request) -> web.Response:
+        err, _ = await self._common(request, private=True)
+        if err:
+            return err
+        q = request.query
+        with self.lock:
+            syms = [q["symbol"]] if q.get("symbol") else [s for s, v in self.state.positions.items() if v != 0]
+            rows = [self._position_entry(s) for s in syms if s in self.state.markets]
+        return self._ok({"category": "linear", "list": rows, "nextPageCursor": ""})
+
+    async def _set_leverage(self, request: web.Request) -> web.Response:
+        err, payload = await self._common(request, private=True)
+        if err:
+            return err
+        body = json.loads(payload)
+        sym = body.get("symbol", "")
+        with self.lock:
+            if sym not in self.state.markets:
+                return self._err(10001, "params error: symbol invalid")
+            if Decimal(self.state.leverage[sym]) == Decimal(str(body.get("buyLeverage"))):
+                return self._err(110043, "leverage not modified")
+            self.state.leverage[sym] = str(body.get("buyLeverage"))
+        return self._ok({})
+
+    async def _wallet(self, request: web.Request) -> web.Response:
+        err, _ = await self._common(request, private=True)
+        if err:
+            return err
+        bal = str(self.state.balance)
+        return self._ok({"list": [{"accountType": "UNIFIED", "totalWalletBalance": bal, "totalEquity": bal,
+                                   "coin": [{"coin": "USDT", "walletBalance": bal, "equity": bal,
+                                             "unrealisedPnl": "0", "locked": "0"}]}]})
+
+    # ------------------------------------------------------------ websockets
+
+    async def _public_ws(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(heartbeat=None)
+        await ws.prepare(request)
+        self.ws_connections += 1
+        self._public[ws] = set()
+        try:
+            async for msg in ws:
+                if msg.type != WSMsgType.TEXT:
+                    continue
+                req = json.loads(msg.data)
+                op = req.get("op")
+                if op == "ping":
+                    await ws.send_json({"success": True, "ret_msg": "pong", "conn_id": "fake", "req_id": req.get("req_id", ""),
+                                        "op": "ping"})
+                elif op in ("subscribe", "unsubscribe"):
+                    self.ws_subscribe_requests += 1
+                    topics = self._public[ws]
+                    for t in req.get("args", []):
+                        (topics.add if op == "subscribe" else topics.discard)(t)
+                    await ws.send_json({"success": True, "ret_msg": "", "conn_id": "fake",
+                                        "req_id": req.get("req_id", ""), "op": op})
+                    if op == "subscribe":
+                        for t in req.get("args", []):
+                            m = self.state.markets.get(t.rsplit(".", 1)[-1])
+                            if m is not None:
+                                await self._send(ws, self._book_message(m, "snapshot"))
+        finally:
+            self._public.pop(ws, None)
+        return ws
+
+    async def _private_ws(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(heartbeat=None)
+        await ws.prepare(request)
+        authed = False
+        self._private[ws] = set()
+        try:
+            async for msg in ws:
+                if msg.type != WSMsgType.TEXT:
+                    continue
+                req = json.loads(msg.data)
+                op = req.get("op")
+                if op == "auth":
+                    key, expires, sig = req["args"]
+                    secret = self.keys.get(key, "")
+                    expect = hmac.new(secret.encode(), f"GET/realtime{expires}".encode(), hashlib.sha256).hexdigest()
+                    authed = bool(secret) and hmac.compare_digest(expect, sig)
+                    await ws.send_json({"op": "auth", "success": authed, "retCode": 0 if authed else 10004,
+                                        "retMsg": "" if authed else "Invalid sign", "connId": "fake"})
+                elif op == "ping":
+                    await ws.send_json({"op": "pong", "conn_id": "fake"})
+                elif op == "subscribe":
+                    if authed:
+                        self._private[ws].update(req.get("args", []))
+                    await ws.send_json({"success": authed, "ret_msg": "" if authed else "Request not authorized",
+                                        "conn_id": "fake", "req_id": req.get("req_id", ""), "op": "subscribe"})
+        finally:
+            self._private.pop(ws, None)
+        return ws
+
+    async def _push_private(self, topic: str, data: list[dict[str, Any]]) -> None:
+        msg = {"id": uuid.uuid4().hex, "topic": topic, "creationTime": int(time.time() * 1000), "data": data}
+        for ws, topics in list(self._private.items()):
+            if topic in topics:
+                await self._send(ws, msg)
+
+    async def _send(self, ws: web.WebSocketResponse, msg: dict[str, Any]) -> None:
+        try:
+            await ws.send_str(json.dumps(msg))
+            self.messages_sent += 1
+        except (ConnectionError, RuntimeError):
+            pass
+
+    def _book_message(self, m: Market, kind: str, old: tuple[Decimal, Decimal] | None = None) -> dict[str, Any]:
+        now = int(time.time() * 1000)
+        m.u += 1
+        if kind == "snapshot":
+            b, a = [[str(m.bid), str(m.bid_size)]], [[str(m.ask), str(m.ask_size)]]
+        else:
+            assert old is not None
+            b = [[str(m.bid), str(m.bid_size)]]
+            a = [[str(m.ask), str(m.ask_size)]]
+            if old[0] != m.bid:
+                b.insert(0, [str(old[0]), "0"])
+            if old[1] != m.ask:
+                a.insert(0, [str(old[1]), "0"])
+        return {"topic": f"orderbook.1.{m.symbol}", "type": kind, "ts": now,
+                "data": {"s": m.symbol, "b": b, "a": a, "u": m.u, "seq": m.u * 10}, "cts": now - 1}
+
+    def _move(self, m: Market) -> tuple[Decimal, Decimal]:
+        """Advance the book one step (deterministic per symbol and step)."""
+        old = (m.bid, m.ask)
+        m.step += 1
+        tick = Decimal(m.tick_size)
+        h = int(hashlib.sha256(f"{self._seed}|{m.symbol}|{m.step}".encode()).hexdigest()[:8], 16)
+        move = (h % 3) - 1
+        m.bid = max(tick, m.bid + move * tick)
+        m.ask = m.bid + tick * (1 + (h >> 4) % 2)
+        m.bid_size = Decimal(1 + (h >> 8) % 50)
+        m.ask_size = Decimal(1 + (h >> 16) % 50)
+        return old
+
+    async def _feed(self) -> None:
+        """Every 1/feed_rate seconds each subscribed book moves and its delta is pushed."""
+        period = 1.0 / self.feed_rate
+        nxt = time.monotonic()
+        while True:
+            nxt += period
+            await asyncio.sleep(max(0.0, nxt - time.monotonic()))
+            if self._feed_paused:
+                continue
+            subs: dict[str, list[web.WebSocketResponse]] = defaultdict(list)
+            for ws, topics in list(self._public.items()):
+                for t in topics:
+                    subs[t].append(ws)
+            for topic, clients in subs.items():
+                m = self.state.markets.get(topic.rsplit(".", 1)[-1])
+                if m is None:
+                    continue
+                with self.lock:
+                    old = self._move(m)
+                    msg = self._book_message(m, "delta", old)
+                for ws in clients:
+                    await self._send(ws, msg)

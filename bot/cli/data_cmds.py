@@ -1,4 +1,4 @@
-"""`bot data demo|import|info` and `bot demo`."""
+"""`bot data demo|import|info` and `bot demo` (`bot data backfill|instruments|record`: exchange_cmds)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,10 @@ def register(sub: Any) -> None:
 
     info = data.add_parser("info", help="what the database holds")
     info.set_defaults(func=cmd_data_info)
+
+    from bot.cli import exchange_cmds
+
+    exchange_cmds.register_data(data)
 
     top = sub.add_parser("demo", help="the whole loop on an embedded Postgres and a generated market")
     _demo_args(top, quote_interval=60.0)

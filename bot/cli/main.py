@@ -85,6 +85,7 @@ def cmd_db_migrate(args: argparse.Namespace, cfg: BotConfig) -> int:
 def run_command(func: Callable[[argparse.Namespace, Any], int], args: argparse.Namespace) -> int:
     from bot.core.db.migrate import SchemaTooNew
     from bot.core.db.pool import DatabaseUnavailable
+    from bot.core.exchange.interface import ExchangeError
     from bot.core.importer import ImportFileError
     from bot.research.model import ModelError
     from bot.research.pairs_file import PairsFileError
@@ -97,7 +98,7 @@ def run_command(func: Callable[[argparse.Namespace, Any], int], args: argparse.N
         for p in err.problems:
             print(f"  {p}", file=sys.stderr)
         return EXIT_USAGE
-    except (DatabaseUnavailable, SchemaTooNew, ModelError) as err:
+    except (DatabaseUnavailable, SchemaTooNew, ModelError, ExchangeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_FAIL
     except (ImportFileError, PairsFileError, UsageError, ValueError) as err:

@@ -193,6 +193,11 @@ class ExchangeConfig(_Section):
     api_secret_env: str = "BYBIT_API_SECRET"
     recv_window_ms: int = Field(5000, ge=1)
     http_timeout_s: float = Field(10.0, gt=0)
+    ws_public_url: str | None = None
+    ws_private_url: str | None = None
+    rate_limit_per_s: float = Field(10.0, gt=0)
+    max_attempts: int = Field(5, ge=1)
+    stale_stream_s: float = Field(10.0, gt=0)
 
 
 class DataConfig(_Section):
@@ -200,6 +205,7 @@ class DataConfig(_Section):
     quotes_retention_days: int = Field(200, ge=1)
     reference_symbols: tuple[str, ...] = ("BTC", "ETH", "SOL")
     max_quote_age_s: float = Field(30.0, gt=0)
+    recorder_buffer_rows: int = Field(200_000, ge=1)
 
 
 class ComputeConfig(_Section):

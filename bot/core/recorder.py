@@ -122,6 +122,7 @@ class QuoteRecorder:
         self._wake = asyncio.Event()
         self._bars_from: float | None = None
         self._stopping = False
+        self._stop_deadline = math.inf
 
     # ------------------------------------------------------------ running
 
@@ -148,8 +149,10 @@ class QuoteRecorder:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    def stop(self) -> None:
+    def stop(self, flush_timeout_s: float = 10.0) -> None:
+        """Stop sampling; the writer flushes what is buffered (giving up after flush_timeout_s)."""
         self._stopping = True
+        self._stop_deadline = time.monotonic() + flush_timeout_s
         self._wake.set()
 
     @property
@@ -246,6 +249,9 @@ class QuoteRecorder:
                     self.stats.dropped += 1
                 self.stats.write_failures += 1
                 retrying = True
+                if self._stopping and time.monotonic() > self._stop_deadline:
+                    log.error("recorder: stopping with %d rows unwritten (database unreachable)", self.buffered)
+                    return
                 log.warning("recorder: write of %d rows failed (%s: %s); %d buffered, retry in %.1f s",
                             n, type(e).__name__, str(e)[:120], self.buffered, delay)
                 await asyncio.sleep(delay)

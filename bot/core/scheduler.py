@@ -83,8 +83,12 @@ def job_functions(db: Any, cfg: BotConfig) -> dict[str, tuple[str | None, JobFn]
         return None
 
     async def instruments_job() -> str | None:
-        # the exchange adapter (pybit) refreshes instruments; in paper mode without it there is nothing to fetch
-        return "skipped: no exchange adapter configured (paper mode)"
+        # public endpoint: no keys needed, the same in paper and live mode
+        from bot.core.backfill import refresh_instruments
+        from bot.core.exchange.factory import market_client
+
+        await refresh_instruments(db, market_client(cfg))
+        return None
 
     async def retrain_job() -> str | None:
         from bot.research.dataset import load_dataset

@@ -27,6 +27,7 @@ import hashlib
 import hmac
 import json
 import math
+import os
 import threading
 import time
 import uuid
@@ -38,7 +39,8 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "bybit_api"
+FIXTURES = Path(os.environ.get("BOT_SHARED_DATA", Path(__file__).resolve().parents[2].parent / "shared" / "data")) \
+    / "bybit_api"
 _INSTRUMENT_FIXTURE = FIXTURES / "nautilus_legacy_integration_resources" / "http_responses" / "linear" / "instruments.json"
 _ORDER_FIXTURE = FIXTURES / "nautilus_crates_test_data" / "ws_account_order.json"
 _POSITION_FIXTURE = FIXTURES / "nautilus_crates_test_data" / "http_get_positions.json"

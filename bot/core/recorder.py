@@ -171,14 +171,17 @@ class QuoteRecorder:
 
     async def _consume(self) -> None:
         while True:
-            q = await self.source.get()
-            if q.symbol not in self.symbols:
-                continue
-            self.stats.received += 1
-            dq = self._recent.get(q.symbol)
-            if dq is None:
-                dq = self._recent[q.symbol] = deque(maxlen=64)
-            dq.append(q)
+            self.on_quote(await self.source.get())
+
+    def on_quote(self, q: Quote) -> None:
+        """Keep a quote as a candidate for the next grid times (`q.received` is when it arrived)."""
+        if q.symbol not in self.symbols:
+            return
+        self.stats.received += 1
+        dq = self._recent.get(q.symbol)
+        if dq is None:
+            dq = self._recent[q.symbol] = deque(maxlen=64)
+        dq.append(q)
 
     def sample(self, t: float) -> int:
         """Append the rows of grid time t (latest quote received before t) to the buffer."""

@@ -21,6 +21,7 @@ from bot.core.exchange.rounding import order_link_id, qty_for_notional
 from tests.exchange.conftest import adapter
 from tests.fakes.bybit import FakeBybit, kline_close
 
+
 @pytest.mark.asyncio(loop_scope="session")
 async def test_instruments_follow_the_cursor_and_keep_exact_decimals(fake: FakeBybit) -> None:
     ex = adapter(fake)

@@ -140,8 +140,9 @@ class FakeBybit:
     def add_market(self, m: Market) -> None:
         tick = Decimal(m.tick_size)
         p = Decimal(repr(m.price))
-        m.bid = (p / tick).to_integral_value() * tick
-        m.ask = m.bid + tick
+        # prices always carry the tick's decimals: pybit matches book levels by their string
+        m.bid = ((p / tick).to_integral_value() * tick).quantize(tick)
+        m.ask = (m.bid + tick).quantize(tick)
         self.state.markets[m.symbol] = m
         self.state.leverage.setdefault(m.symbol, "10")
 
@@ -597,8 +598,8 @@ class FakeBybit:
         tick = Decimal(m.tick_size)
         h = int(hashlib.sha256(f"{self._seed}|{m.symbol}|{m.step}".encode()).hexdigest()[:8], 16)
         move = (h % 3) - 1
-        m.bid = max(tick, m.bid + move * tick)
-        m.ask = m.bid + tick * (1 + (h >> 4) % 2)
+        m.bid = max(tick, m.bid + move * tick).quantize(tick)
+        m.ask = (m.bid + tick * (1 + (h >> 4) % 2)).quantize(tick)
         m.bid_size = Decimal(1 + (h >> 8) % 50)
         m.ask_size = Decimal(1 + (h >> 16) % 50)
         return old

@@ -56,13 +56,20 @@ class _LocalWebSocket(WebSocket):  # type: ignore[misc]
 
 
 def quote_from_book(message: dict[str, Any], received: float) -> Quote | None:
-    """The top of book of a pybit orderbook callback (its `data` is the whole book)."""
+    """The top of book of a pybit orderbook callback (its `data` is the whole book).
+
+    None for a one-sided or crossed book (pybit keys levels by their price string, so
+    a venue that changed its formatting could leave a stale level behind: such a book
+    is not a price).
+    """
     data = message.get("data") or {}
     bids, asks = data.get("b") or [], data.get("a") or []
     if not bids or not asks:
         return None
     bid = max(bids, key=lambda lv: Decimal(lv[0]))
     ask = min(asks, key=lambda lv: Decimal(lv[0]))
+    if Decimal(bid[0]) >= Decimal(ask[0]):
+        return None
     return Quote(data["s"], int(message["ts"]) / 1000.0, Decimal(bid[0]), Decimal(ask[0]), Decimal(bid[1]),
                  Decimal(ask[1]), received)
 

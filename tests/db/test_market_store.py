@@ -136,3 +136,21 @@ async def test_db_manager_for_notebooks(db: Database, market) -> None:
             await mgr.get_table("pairs; DROP TABLE pairs")
     finally:
         await mgr.close()
+
+
+async def test_copy_of_many_symbols_with_one_row_each(db: Database) -> None:
+    """The recorder's batch shape: one row for each of many symbols of different name lengths."""
+    rng = np.random.default_rng(3)
+    syms = [f"{'X' * (1 + i % 9)}{i}USDT" for i in range(60)]
+    t0 = 1_900_000_000.0
+    frame = pl.DataFrame({"symbol": syms, "ts": [t0 + 0.1 * (i % 3) for i in range(60)],
+                          "bid_price": rng.uniform(1, 2, 60), "ask_price": rng.uniform(2, 3, 60),
+                          "bid_size": rng.uniform(0, 9, 60), "ask_size": rng.uniform(0, 9, 60)})
+    assert await copy_quotes(db, frame) == 60
+    back = await read_quotes(db, syms, t0 - 1, t0 + 1)
+    got = back.sort("symbol").select("symbol", "bid_price", "ask_price", "bid_size", "ask_size")
+    want = frame.sort("symbol").select("symbol", "bid_price", "ask_price", "bid_size", "ask_size")
+    assert got.equals(want)  # bit-exact floats, every symbol intact
+    assert np.allclose(back.sort("symbol")["ts"].to_numpy(), frame.sort("symbol")["ts"].to_numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match="empty text"):
+        await copy_quotes(db, frame.with_columns(pl.lit("").alias("symbol")).head(1))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bot.core.exchange.interface import Quote
-from bot.core.exchange.stream import BybitQuoteStream, quote_from_book
+from bot.core.exchange.stream import Book, BybitQuoteStream, quote_from_book
 from tests.fakes.bybit import FakeBybit
 
 
@@ -41,6 +41,12 @@ def test_top_of_book_from_the_real_fixtures(shared_data: Path) -> None:
     assert q is not None and (str(q.bid), str(q.ask), str(q.bid_size), str(q.ask_size)) == (
         "27450.00", "27451.00", "0.500", "0.750")
     assert q.symbol == "BTCUSDT" and q.ts == 1709891679.0
+    book = Book()
+    quote_from_book(snap, 1.0, book)
+    delta = json.loads((d / "ws_orderbook_delta.json").read_text())  # bid size changes, best ask deleted
+    q2 = quote_from_book(delta, 2.0, book)
+    assert q2 is not None and (str(q2.bid), str(q2.bid_size), str(q2.ask), str(q2.ask_size)) == (
+        "27450.00", "0.400", "27451.50", "0.900")
     no_asks = json.loads((shared_data / "bybit_api/nautilus_legacy_integration_resources/ws_messages/public/"
                           "ws_orderbook_snapshot_no_asks.json").read_text())
     assert quote_from_book(no_asks, 1.0) is None  # one side empty: no top of book

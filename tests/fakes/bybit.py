@@ -626,3 +626,31 @@ class FakeBybit:
                     msg = self._book_message(m, "delta", old)
                 for ws in clients:
                     await self._send(ws, msg)
+
+
+def main() -> None:
+    """Run the fake alone (benchmarks): prints its port, serves until killed.
+
+    python -m tests.fakes.bybit --symbols 60 --rate 10
+    """
+    import argparse
+    import signal
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--symbols", type=int, default=60)
+    ap.add_argument("--rate", type=float, default=10.0, help="book updates per second per symbol")
+    args = ap.parse_args()
+    markets = [Market(f"S{i:03d}USDT", 1.0 + i, "0.1", "0.0001") for i in range(args.symbols)]
+    fake = FakeBybit(markets, feed_rate=args.rate)
+    fake.start()
+    print(fake.port, flush=True)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    done.wait()
+    print(f"messages sent: {fake.messages_sent}", flush=True)
+    fake.stop()
+
+
+if __name__ == "__main__":
+    main()

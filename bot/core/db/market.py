@@ -201,24 +201,31 @@ _PGCOPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\
 def pgcopy_binary(frame: pl.DataFrame, columns: Sequence[tuple[str, str]]) -> bytes:
     """Encode `frame` in PostgreSQL's binary COPY format with numpy (no per-row Python).
 
-    `columns` lists (name, kind) in table order, kind one of ``text`` (must be
-    constant within each group of rows sharing all text values: symbols, timeframes),
+    `columns` lists (name, kind) in table order, kind one of ``text`` (UTF-8),
     ``ts`` (float epoch seconds -> timestamptz, microseconds since 2000-01-01) or
-    ``f8``. Each group gets a fixed-width record layout: field count, then per field
-    its byte length and big-endian value.
+    ``f8``. Rows of one group share a fixed-width record layout (field count, then
+    per field its byte length and big-endian value) and are encoded in one numpy
+    pass: a group is one text value when values repeat (imports: one symbol's
+    history), else one tuple of text byte lengths (a live batch: one row for each
+    of many symbols). Row order across groups is not kept (a table has none).
     """
     text_cols = [c for c, k in columns if k == "text"]
     parts = [_PGCOPY_HEADER]
-    groups = frame.group_by(text_cols, maintain_order=True) if text_cols else [((), frame)]
-    for key, grp in groups:
-        values = dict(zip(text_cols, key if isinstance(key, tuple) else (key,), strict=True))
+    frame = frame.with_columns([pl.col(c).cast(pl.Utf8).str.len_bytes().alias(f"_len_{c}") for c in text_cols])
+    if text_cols and frame.select(pl.min_horizontal([pl.col(f"_len_{c}").min() for c in text_cols])).item() == 0:
+        raise ValueError(f"COPY encoding: empty text in one of {text_cols}")
+    # long runs of the same text (an import): one group per value, the text set once per group;
+    # many distinct texts with few rows each (a live batch): one group per byte-length tuple
+    by_value = bool(text_cols) and frame.select(pl.struct(text_cols).n_unique()).item() * 20 <= frame.height
+    keys = text_cols if by_value else [f"_len_{c}" for c in text_cols]
+    groups = frame.group_by(keys, maintain_order=True) if text_cols else [((), frame)]
+    for _, grp in groups:
+        width = {c: int(grp.get_column(f"_len_{c}")[0]) for c in text_cols}
         fields: list[tuple[str, str]] = [("nf", ">i2")]
-        raw: dict[str, bytes] = {}
         for name, kind in columns:
             fields.append((f"len_{name}", ">i4"))
             if kind == "text":
-                raw[name] = str(values[name]).encode()
-                fields.append((name, f"S{max(len(raw[name]), 1)}"))
+                fields.append((name, f"S{width[name]}"))
             elif kind == "ts":
                 fields.append((name, ">i8"))
             else:
@@ -227,8 +234,11 @@ def pgcopy_binary(frame: pl.DataFrame, columns: Sequence[tuple[str, str]]) -> by
         rec["nf"] = len(columns)
         for name, kind in columns:
             if kind == "text":
-                rec[f"len_{name}"] = len(raw[name])
-                rec[name] = raw[name]
+                rec[f"len_{name}"] = width[name]
+                if by_value:
+                    rec[name] = str(grp.get_column(name)[0]).encode()
+                else:
+                    rec[name] = np.char.encode(grp.get_column(name).cast(pl.Utf8).to_numpy().astype(str), "utf-8")
             elif kind == "ts":
                 rec[f"len_{name}"] = 8
                 secs = grp.get_column(name).cast(pl.Float64).to_numpy()

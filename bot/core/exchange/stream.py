@@ -1,8 +1,15 @@
 """Top-of-book stream from Bybit's public websocket (`orderbook.1.{SYMBOL}`) for asyncio.
 
-pybit's WebSocket runs its callbacks on its own thread; each message becomes a
-Quote (best bid/ask of the book pybit maintains from the snapshot and deltas) and
-is handed to the event loop with `call_soon_threadsafe`. On the loop side:
+pybit's WebSocket owns the connection, the pings and the subscription messages;
+every incoming message goes to this module's raw callback (pybit's
+`callback_function`), on pybit's thread. pybit's own per-topic dispatch is not
+used: it registers a topic's callback only AFTER sending the subscription, so a
+venue that answers fast (a snapshot within microseconds, as on loopback) hits a
+KeyError that makes pybit close the connection. Here the book of each symbol is
+kept per connection (`Book`: a snapshot resets it, a delta sets or, with size
+0, deletes a price level; levels keyed by Decimal price, so "150.0" and "150.00"
+are one level), and its top becomes a Quote handed to the event loop with
+`call_soon_threadsafe`. On the loop side:
 
 - Order: a message older than the last one accepted for its symbol (exchange `ts`
   in ms, then the book's update id `u`) is dropped and counted, so a reconnect
@@ -12,7 +19,8 @@ is handed to the event loop with `call_soon_threadsafe`. On the loop side:
   for `stale_after_s` while symbols are subscribed (Bybit re-sends a depth-1
   snapshot every ~3 s even when nothing changes, so silence means a dead stream),
   it abandons the connection, opens a new one and subscribes every wanted symbol
-  again, with exponential backoff between failed attempts.
+  again (each starts from a fresh snapshot), with exponential backoff between
+  failed attempts.
 - Symbols follow `set_symbols`: new ones are subscribed on the live connection,
   removed ones unsubscribed (one topic per subscription message, so pybit's
   unsubscribe removes exactly that topic) and filtered out at once.
@@ -23,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -37,14 +46,56 @@ class _Abandoned(Exception):
     """Raised inside pybit's threads once a connection has been given up."""
 
 
-class _LocalWebSocket(WebSocket):  # type: ignore[misc]
-    """pybit's WebSocket, optionally pointed at another URL (a local fake in tests),
-    and able to be abandoned (pybit's subscribe waits forever for a connection)."""
+class Book:
+    """One symbol's order book from `orderbook.N` snapshot and delta messages."""
 
-    def __init__(self, url: str | None, **kwargs: Any):
+    def __init__(self) -> None:
+        self.bids: dict[Decimal, str] = {}
+        self.asks: dict[Decimal, str] = {}
+
+    def apply(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == "snapshot":
+            self.bids.clear()
+            self.asks.clear()
+        for side, levels in ((self.bids, data.get("b") or []), (self.asks, data.get("a") or [])):
+            for price, size in levels:
+                p = Decimal(price)
+                if Decimal(size) == 0:
+                    side.pop(p, None)
+                else:
+                    side[p] = size
+
+    def top(self) -> tuple[Decimal, Decimal, Decimal, Decimal] | None:
+        """(bid, ask, bid size, ask size); None when a side is empty or the book is crossed."""
+        if not self.bids or not self.asks:
+            return None
+        bid, ask = max(self.bids), min(self.asks)
+        if bid >= ask:
+            return None
+        return bid, ask, Decimal(self.bids[bid]), Decimal(self.asks[ask])
+
+
+def quote_from_book(message: dict[str, Any], received: float, book: Book | None = None) -> Quote | None:
+    """Apply one orderbook message to `book` (a fresh one if None) and return its top as a Quote."""
+    book = book if book is not None else Book()
+    data = message.get("data") or {}
+    book.apply(message.get("type", "snapshot"), data)
+    top = book.top()
+    if top is None:
+        return None
+    return Quote(data["s"], int(message["ts"]) / 1000.0, top[0], top[1], top[2], top[3], received)
+
+
+class _LocalWebSocket(WebSocket):  # type: ignore[misc]
+    """pybit's WebSocket with every message sent to `on_raw(self, message)`, optionally
+    pointed at another URL (a local fake in tests), and able to be abandoned (pybit's
+    subscribe waits forever for a connection that is gone)."""
+
+    def __init__(self, url: str | None, on_raw: Callable[[_LocalWebSocket, dict[str, Any]], None], **kwargs: Any):
         self._url_override = url
         self._abandoned = False
-        super().__init__(**kwargs)
+        self.books: dict[str, Book] = {}
+        super().__init__(callback_function=lambda message: on_raw(self, message), **kwargs)
 
     def _connect(self, url: str) -> None:
         super()._connect(self._url_override or url)
@@ -53,25 +104,6 @@ class _LocalWebSocket(WebSocket):  # type: ignore[misc]
         if self._abandoned:
             raise _Abandoned()
         return bool(super().is_connected())
-
-
-def quote_from_book(message: dict[str, Any], received: float) -> Quote | None:
-    """The top of book of a pybit orderbook callback (its `data` is the whole book).
-
-    None for a one-sided or crossed book (pybit keys levels by their price string, so
-    a venue that changed its formatting could leave a stale level behind: such a book
-    is not a price).
-    """
-    data = message.get("data") or {}
-    bids, asks = data.get("b") or [], data.get("a") or []
-    if not bids or not asks:
-        return None
-    bid = max(bids, key=lambda lv: Decimal(lv[0]))
-    ask = min(asks, key=lambda lv: Decimal(lv[0]))
-    if Decimal(bid[0]) >= Decimal(ask[0]):
-        return None
-    return Quote(data["s"], int(message["ts"]) / 1000.0, Decimal(bid[0]), Decimal(ask[0]), Decimal(bid[1]),
-                 Decimal(ask[1]), received)
 
 
 class BybitQuoteStream:
@@ -155,11 +187,20 @@ class BybitQuoteStream:
 
     # ------------------------------------------------------------ pybit thread side
 
-    def _on_message(self, message: dict[str, Any]) -> None:
+    def _on_raw(self, ws: _LocalWebSocket, message: dict[str, Any]) -> None:
         try:
-            q = quote_from_book(message, time.time())
-            if q is not None and self._loop is not None:
-                self._loop.call_soon_threadsafe(self._deliver, q, int((message.get("data") or {}).get("u", 0)))
+            topic = message.get("topic", "")
+            if topic.startswith("orderbook."):
+                sym = (message.get("data") or {}).get("s") or topic.rsplit(".", 1)[-1]
+                book = ws.books.setdefault(sym, Book())
+                q = quote_from_book(message, time.time(), book)
+                if q is not None and self._loop is not None:
+                    u = int((message.get("data") or {}).get("u", 0))
+                    self._loop.call_soon_threadsafe(self._deliver, q, u)
+            elif message.get("op") == "unsubscribe":
+                ws._process_unsubscription_message(message)
+            elif message.get("op") == "subscribe" and message.get("success") is False:
+                log.error("quote stream: subscription refused: %s", message.get("ret_msg"))
         except Exception:  # an exception here would make pybit close the connection
             log.exception("quote stream: bad message %s", str(message)[:200])
 
@@ -197,15 +238,15 @@ class BybitQuoteStream:
             log.debug("quote stream: exit of old connection: %s", e)
 
     async def _subscribe(self, ws: _LocalWebSocket, symbol: str) -> None:
-        await asyncio.wait_for(asyncio.to_thread(ws.orderbook_stream, 1, symbol, self._on_message),
+        await asyncio.wait_for(asyncio.to_thread(ws.orderbook_stream, 1, symbol, _unused_callback),
                                self.connect_timeout_s)
         self._subscribed.add(symbol)
 
     def _make(self) -> _LocalWebSocket:
         # retries=2: pybit raises after its last attempt even when that attempt
         # connected, so 2 means one real attempt; the watchdog does the retrying
-        return _LocalWebSocket(self.url, channel_type="linear", testnet=self.testnet, restart_on_error=False,
-                               retries=2, ping_interval=20, ping_timeout=10)
+        return _LocalWebSocket(self.url, self._on_raw, channel_type="linear", testnet=self.testnet,
+                               restart_on_error=False, retries=2, ping_interval=20, ping_timeout=10)
 
     async def _reconnect(self, first: bool = False) -> None:
         old = self._ws
@@ -214,9 +255,13 @@ class BybitQuoteStream:
             await self._exit(old)
         self._subscribed = set()
         ws = await asyncio.wait_for(asyncio.to_thread(self._make), self.connect_timeout_s)
+        try:
+            for s in sorted(self._wanted):
+                await self._subscribe(ws, s)
+        except BaseException:
+            await self._exit(ws)  # never leave pybit's subscribe spinning on a dead socket
+            raise
         self._ws = ws
-        for s in sorted(self._wanted):
-            await self._subscribe(ws, s)
         self._last_message = time.monotonic()
         if not first:
             self.reconnects += 1
@@ -243,3 +288,7 @@ class BybitQuoteStream:
                 wait = min(self.max_backoff_s, 0.5 * 2 ** failures)
                 log.warning("quote stream: reconnect failed (%s: %s); next try in %.1f s", type(e).__name__, e, wait)
                 await asyncio.sleep(wait)
+
+
+def _unused_callback(message: dict[str, Any]) -> None:
+    """pybit wants a per-topic callback; every message goes to the raw callback instead."""

@@ -1,0 +1,146 @@
+"""Recorder benchmark (issue 7: the exchange edge). Run:
+
+    BOT_DATABASE_DSN=postgresql://postgres@127.0.0.1:5432/test .venv/bin/python bench/bench_recorder.py
+
+(without BOT_DATABASE_DSN: an embedded PostgreSQL in a temp directory). Works in a
+scratch database it creates and drops. The fake Bybit v5 server runs in its own
+process (`python -m tests.fakes.bybit`), pushing `orderbook.1` deltas over a real
+websocket; the bot side is the real path: pybit WebSocket -> BybitQuoteStream ->
+QuoteRecorder -> binary COPY. In one run:
+
+1. 60 symbols x 10 updates/s, quote_interval_s 0.1 (every update becomes a row):
+   rows recorded per second; latency from the websocket message to its row being
+   committed (receive -> commit, and the venue's ts -> commit), median and p99;
+2. the same feed with the default quote_interval_s 5: rows/s and grid time -> commit;
+3. the naive recorder on the same feed: one INSERT per message, awaited in the
+   consumer (rows/s, latency), and the ratio;
+4. capacity: 60 symbols x 40 updates/s (2,400 messages/s), both recorders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from bot.core.db.market import ensure_quote_partitions
+from bot.core.db.pool import Database
+from bot.core.db.scratch import scratch_database, scratch_server
+from bot.core.exchange.stream import BybitQuoteStream
+from bot.core.recorder import QuoteRecorder
+
+REPO = Path(__file__).resolve().parents[1]
+SYMBOLS = [f"S{i:03d}USDT" for i in range(60)]
+
+
+@contextlib.contextmanager
+def fake_server(rate: float) -> Iterator[str]:
+    proc = subprocess.Popen([sys.executable, "-m", "tests.fakes.bybit", "--symbols", "60", "--rate", str(rate)],
+                            cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        yield f"ws://127.0.0.1:{port}/v5/public/linear"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def pct(values: list[float] | np.ndarray, q: float) -> float:
+    return float(np.percentile(np.asarray(values), q) * 1000) if len(values) else float("nan")
+
+
+async def run_recorder(db: Database, url: str, interval: float, seconds: float, warmup: float = 2.0) -> dict[str, float]:
+    stream = BybitQuoteStream(url)
+    rec = QuoteRecorder(db.pool, stream, interval_s=interval, symbols=SYMBOLS, follow_pairs=False, bars=False)
+    await stream.start(SYMBOLS)
+    task = asyncio.create_task(rec.run())
+    await asyncio.sleep(warmup)
+    w0, m0, l0, s0 = rec.stats.written, stream.messages, len(rec.stats.latencies), len(rec.stats.sample_latencies)
+    t0 = time.perf_counter()
+    await asyncio.sleep(seconds)
+    elapsed = time.perf_counter() - t0
+    w1, m1 = rec.stats.written, stream.messages
+    lat = list(rec.stats.latencies)[l0:]
+    sample_lat = list(rec.stats.sample_latencies)[s0:]
+    rec.stop()
+    await asyncio.wait_for(task, 30)
+    await stream.close()
+    async with db.pool.acquire() as conn:
+        await conn.execute("TRUNCATE quotes")
+    return {"rows_per_s": (w1 - w0) / elapsed, "msgs_per_s": (m1 - m0) / elapsed,
+            "recv_commit_p50": pct(lat, 50), "recv_commit_p99": pct(lat, 99),
+            "grid_commit_p50": pct(sample_lat, 50), "grid_commit_p99": pct(sample_lat, 99),
+            "dropped": rec.stats.dropped, "out_of_order": stream.dropped_out_of_order}
+
+
+async def run_naive(db: Database, url: str, seconds: float, warmup: float = 2.0) -> dict[str, float]:
+    """One INSERT per websocket message, awaited before the next message is taken."""
+    stream = BybitQuoteStream(url)
+    await stream.start(SYMBOLS)
+    now = dt.datetime.now(dt.UTC)
+    lat: list[float] = []
+    written = 0
+    async with db.pool.acquire() as conn:
+        await ensure_quote_partitions(conn, now - dt.timedelta(days=1), now + dt.timedelta(days=1))
+        t_start = time.perf_counter()
+        counting_from = t_start + warmup
+        while time.perf_counter() < counting_from + seconds:
+            q = await stream.get()
+            await conn.execute(
+                "INSERT INTO quotes (symbol, ts, bid_price, ask_price, bid_size, ask_size)"
+                " VALUES ($1, to_timestamp($2), $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                q.symbol, q.ts, float(q.bid), float(q.ask), float(q.bid_size), float(q.ask_size))
+            if time.perf_counter() >= counting_from:
+                written += 1
+                lat.append(time.time() - q.received)
+        backlog = stream.queue.qsize()
+        await conn.execute("TRUNCATE quotes")
+    await stream.close()
+    return {"rows_per_s": written / seconds, "recv_commit_p50": pct(lat, 50), "recv_commit_p99": pct(lat, 99),
+            "backlog_at_end": backlog}
+
+
+async def main(seconds: float) -> None:
+    with scratch_server(os.environ.get("BOT_DATABASE_DSN")) as admin:
+        async with scratch_database(admin, "bot_bench_rec") as db:
+            print(f"{len(SYMBOLS)} symbols, {seconds:.0f} s per measurement, PostgreSQL at "
+                  f"{db.dsn.rsplit('@', 1)[-1].split('/')[0] or 'embedded'}", flush=True)
+            for rate in (10.0, 40.0):
+                with fake_server(rate) as url:
+                    feed = 60 * rate
+                    print(f"\nfeed: 60 x {rate:g} updates/s = {feed:,.0f} messages/s", flush=True)
+                    r = await run_recorder(db, url, interval=1.0 / rate, seconds=seconds)
+                    print(f"  recorder, quote_interval {1 / rate:.3g} s: {r['rows_per_s']:,.0f} rows/s "
+                          f"(stream delivered {r['msgs_per_s']:,.0f} msg/s); message -> commit median "
+                          f"{r['recv_commit_p50']:.1f} ms, p99 {r['recv_commit_p99']:.1f} ms; grid time -> commit "
+                          f"median {r['grid_commit_p50']:.1f} ms, p99 {r['grid_commit_p99']:.1f} ms; "
+                          f"dropped {r['dropped']:.0f}, out-of-order {r['out_of_order']:.0f}", flush=True)
+                    if rate == 10.0:
+                        d = await run_recorder(db, url, interval=5.0, seconds=max(seconds, 20.0))
+                        print(f"  recorder, quote_interval 5 s (default): {d['rows_per_s']:,.1f} rows/s; "
+                              f"grid time -> commit median {d['grid_commit_p50']:.1f} ms, "
+                              f"p99 {d['grid_commit_p99']:.1f} ms; message -> commit median "
+                              f"{d['recv_commit_p50']:.0f} ms (includes waiting for the grid)", flush=True)
+                    n = await run_naive(db, url, seconds=seconds)
+                    print(f"  naive (INSERT per message): {n['rows_per_s']:,.0f} rows/s; message -> commit median "
+                          f"{n['recv_commit_p50']:.1f} ms, p99 {n['recv_commit_p99']:.1f} ms; "
+                          f"backlog at the end {n['backlog_at_end']:.0f} messages", flush=True)
+                    print(f"  ratio recorder / naive rows/s: {r['rows_per_s'] / max(n['rows_per_s'], 1e-9):.2f}; "
+                          f"p99 latency naive / recorder: "
+                          f"{n['recv_commit_p99'] / max(r['recv_commit_p99'], 1e-9):.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=15.0)
+    asyncio.run(main(ap.parse_args().seconds))

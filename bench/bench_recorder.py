@@ -14,7 +14,11 @@ QuoteRecorder -> binary COPY. In one run:
 2. the same feed with the default quote_interval_s 5: rows/s and grid time -> commit;
 3. the naive recorder on the same feed: one INSERT per message, awaited in the
    consumer (rows/s, latency), and the ratio;
-4. capacity: 60 symbols x 40 updates/s (2,400 messages/s), both recorders.
+4. capacity: 60 symbols x 40 updates/s (2,400 messages/s), both recorders;
+5. faults at 60 x 10/s, quote_interval 0.1 s: the websocket dropped mid-stream
+   (time until quotes flow again, rows lost), and a real PostgreSQL (embedded,
+   in a temp directory) stopped for 5 s while recording (rows buffered, rows in
+   the table = rows sampled, time to flush after the restart).
 """
 
 from __future__ import annotations
@@ -24,8 +28,11 @@ import asyncio
 import contextlib
 import datetime as dt
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,13 +40,17 @@ from pathlib import Path
 import numpy as np
 
 from bot.core.db.market import ensure_quote_partitions
-from bot.core.db.pool import Database
+from bot.core.db.migrate import migrate
+from bot.core.db.pool import Database, EmbeddedPostgres, create_pool
 from bot.core.db.scratch import scratch_database, scratch_server
 from bot.core.exchange.stream import BybitQuoteStream
 from bot.core.recorder import QuoteRecorder
 
 REPO = Path(__file__).resolve().parents[1]
 SYMBOLS = [f"S{i:03d}USDT" for i in range(60)]
+
+
+FAKE_PID: dict[str, int] = {}
 
 
 @contextlib.contextmanager
@@ -49,6 +60,7 @@ def fake_server(rate: float) -> Iterator[str]:
     try:
         assert proc.stdout is not None
         port = int(proc.stdout.readline())
+        FAKE_PID["pid"] = proc.pid
         yield f"ws://127.0.0.1:{port}/v5/public/linear"
     finally:
         proc.terminate()
@@ -110,6 +122,67 @@ async def run_naive(db: Database, url: str, seconds: float, warmup: float = 2.0)
             "backlog_at_end": backlog}
 
 
+async def websocket_drop(db: Database, url: str) -> dict[str, float]:
+    stream = BybitQuoteStream(url, check_every_s=0.1)
+    rec = QuoteRecorder(db.pool, stream, interval_s=0.1, symbols=SYMBOLS, follow_pairs=False, bars=False)
+    await stream.start(SYMBOLS)
+    task = asyncio.create_task(rec.run())
+    await asyncio.sleep(3.0)
+    os.kill(FAKE_PID["pid"], signal.SIGUSR1)
+    t_drop = time.time()
+    m0 = stream.messages
+    while stream.messages == m0 or stream.reconnects == 0:
+        await asyncio.sleep(0.005)
+    back = time.time() - t_drop
+    await asyncio.sleep(3.0)
+    rec.stop()
+    await asyncio.wait_for(task, 30)
+    await stream.close()
+    async with db.pool.acquire() as conn:
+        stored = await conn.fetchval("SELECT count(*) FROM quotes")
+        dup = await conn.fetchval("SELECT count(*) - count(DISTINCT (symbol, ts)) FROM quotes")
+        await conn.execute("TRUNCATE quotes")
+    # every symbol should have one row per grid time from its first row on; count the holes
+    return {"back_s": back, "reconnects": stream.reconnects, "stored": stored, "sampled": rec.stats.sampled,
+            "duplicates": dup, "out_of_order": stream.dropped_out_of_order}
+
+
+async def postgres_restart(url: str, down_s: float = 5.0) -> dict[str, float]:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-pg-restart-"))
+    server = EmbeddedPostgres(tmp / "pgdata")
+    dsn = server.start()
+    try:
+        pool = await create_pool(dsn, 1, 2)
+        async with pool.acquire() as conn:
+            await migrate(conn)
+        stream = BybitQuoteStream(url)
+        rec = QuoteRecorder(pool, stream, interval_s=0.1, symbols=SYMBOLS, follow_pairs=False, bars=False,
+                            retry_s=0.2, max_retry_s=1.0)
+        await stream.start(SYMBOLS)
+        task = asyncio.create_task(rec.run())
+        await asyncio.sleep(3.0)
+        await asyncio.to_thread(server.stop)
+        await asyncio.sleep(down_s)
+        peak = rec.buffered
+        t_up = time.perf_counter()
+        await asyncio.to_thread(server.start)
+        while rec.buffered > 600:  # one second of rows or less left: flushed
+            await asyncio.sleep(0.01)
+        flush_s = time.perf_counter() - t_up
+        await asyncio.sleep(2.0)
+        rec.stop()
+        await asyncio.wait_for(task, 30)
+        await stream.close()
+        async with pool.acquire() as conn:
+            stored = await conn.fetchval("SELECT count(*) FROM quotes")
+        await pool.close()
+        return {"peak_buffered": peak, "failures": rec.stats.write_failures, "sampled": rec.stats.sampled,
+                "stored": stored, "dropped": rec.stats.dropped, "flush_s": flush_s}
+    finally:
+        server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 async def main(seconds: float) -> None:
     with scratch_server(os.environ.get("BOT_DATABASE_DSN")) as admin:
         async with scratch_database(admin, "bot_bench_rec") as db:
@@ -138,6 +211,17 @@ async def main(seconds: float) -> None:
                     print(f"  ratio recorder / naive rows/s: {r['rows_per_s'] / max(n['rows_per_s'], 1e-9):.2f}; "
                           f"p99 latency naive / recorder: "
                           f"{n['recv_commit_p99'] / max(r['recv_commit_p99'], 1e-9):.2f}", flush=True)
+                    if rate == 10.0:
+                        w = await websocket_drop(db, url)
+                        print(f"  fault, websocket dropped: quotes flowing again after {w['back_s'] * 1000:.0f} ms "
+                              f"({w['reconnects']:.0f} reconnect); rows stored {w['stored']:,.0f} = sampled "
+                              f"{w['sampled']:,.0f}; duplicate rows {w['duplicates']:.0f}; out-of-order messages "
+                              f"dropped {w['out_of_order']:.0f}", flush=True)
+                        pg = await postgres_restart(url)
+                        print(f"  fault, PostgreSQL stopped 5 s: {pg['peak_buffered']:,.0f} rows buffered, "
+                              f"{pg['failures']:.0f} failed writes; rows stored {pg['stored']:,.0f} = sampled "
+                              f"{pg['sampled']:,.0f} (dropped {pg['dropped']:.0f}); flushed "
+                              f"{pg['flush_s']:.2f} s after the restart began", flush=True)
 
 
 if __name__ == "__main__":

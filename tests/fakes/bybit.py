@@ -629,7 +629,8 @@ class FakeBybit:
 
 
 def main() -> None:
-    """Run the fake alone (benchmarks): prints its port, serves until killed.
+    """Run the fake alone (benchmarks): prints its port, serves until killed;
+    SIGUSR1 drops every public websocket.
 
     python -m tests.fakes.bybit --symbols 60 --rate 10
     """
@@ -647,6 +648,7 @@ def main() -> None:
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
+    signal.signal(signal.SIGUSR1, lambda *_: fake.drop_websockets())  # a fault on demand
     done.wait()
     print(f"messages sent: {fake.messages_sent}", flush=True)
     fake.stop()

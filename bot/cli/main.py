@@ -58,8 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_config_check(args: argparse.Namespace, _cfg: BotConfig | None) -> int:
+    from bot.core.exchange.factory import check_live_keys
+
     cfg = load(args.path or args.config)
     print(dump_effective(cfg), end="")
+    check_live_keys(cfg.exchange)  # mode: live without keys in the environment is a usage error (exit 2)
     print("# config OK", file=sys.stderr)
     return EXIT_OK
 

@@ -101,6 +101,17 @@ def test_cli_config_check(tmp_path: Path, capsys: pytest.CaptureFixture[str], mo
     assert main(["config", "check", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "strategy.wind:" in err and "strategy.sl_method:" in err
+    live = tmp_path / "live.yaml"
+    live.write_text("exchange:\n  mode: live\n")
+    monkeypatch.delenv("BYBIT_API_KEY", raising=False)
+    monkeypatch.delenv("BYBIT_API_SECRET", raising=False)
+    assert main(["config", "check", str(live)]) == 2
+    assert "exchange.mode: live needs API keys" in capsys.readouterr().err
+    monkeypatch.setenv("BYBIT_API_KEY", "k-visible-only-as-set")
+    monkeypatch.setenv("BYBIT_API_SECRET", "very-secret-value")
+    assert main(["config", "check", str(live)]) == 0
+    captured = capsys.readouterr()
+    assert "very-secret-value" not in captured.out + captured.err
 
 
 def test_global_config_option_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -201,3 +201,66 @@ def test_live_mode_without_keys_is_refused() -> None:
     assert isinstance(trading_exchange(live, [], env={"BYBIT_API_KEY": "k", "BYBIT_API_SECRET": "s"}),
                       BybitExchange)
     assert isinstance(trading_exchange(cfg, [], env={}), PaperExchange)  # paper is the default
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_private_order_and_position_topics(fake: FakeBybit, shared_data: Path) -> None:
+    """pybit's authenticated websocket against the fake: auth checked, order/position pushed on a fill,
+    in the layout of the real fixtures."""
+    import asyncio
+
+    from bot.core.exchange.stream import _LocalWebSocket
+
+    got: list[dict[str, object]] = []
+
+    def on_raw(ws: object, message: dict[str, object]) -> None:
+        got.append(message)
+
+    def connect(secret: str) -> _LocalWebSocket:
+        ws = _LocalWebSocket(fake.private_ws_url, on_raw, channel_type="private", api_key="test-key",
+                             api_secret=secret, testnet=False, restart_on_error=False, retries=2)
+        ws.order_stream(lambda m: None)
+        ws.position_stream(lambda m: None)
+        return ws
+
+    ws = await asyncio.to_thread(connect, "test-secret")
+    try:
+        ex = adapter(fake)
+        await ex.instruments()
+        link = order_link_id(21, 1, "open")
+        await ex.place_market_order(OrderRequest("ETHUSDT", "Buy", D("0.20"), link))
+        for _ in range(100):
+            if any(m.get("topic") == "position" for m in got):
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await asyncio.to_thread(ws.exit)
+    assert any(m.get("op") == "auth" and m.get("success") is True for m in got)
+    order = next(m for m in got if m.get("topic") == "order")["data"][0]  # type: ignore[index]
+    position = next(m for m in got if m.get("topic") == "position")["data"][0]  # type: ignore[index]
+    assert (order["orderLinkId"], order["orderStatus"], order["cumExecQty"]) == (link, "Filled", "0.20")
+    assert (position["symbol"], position["side"], position["size"]) == ("ETHUSDT", "Buy", "0.20")
+    real = json.loads((shared_data / "bybit_api/nautilus_crates_test_data/ws_account_order.json").read_text())
+    assert set(real["data"][0]) <= set(order)  # every field of the real message is there
+    got.clear()
+    bad = await asyncio.to_thread(connect, "wrong-secret")
+    await asyncio.sleep(0.2)
+    await asyncio.to_thread(bad.exit)
+    assert any(m.get("op") == "auth" and m.get("success") is False for m in got)
+    assert any(m.get("op") == "subscribe" and m.get("success") is False for m in got)  # not authorized
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_scheduled_instruments_job(fake: FakeBybit, db: Database) -> None:
+    from bot.core.scheduler import job_functions, record_run
+
+    cfg = load(example_path())
+    cfg = cfg.model_copy(update={"exchange": cfg.exchange.model_copy(update={"base_url": fake.http_url})})
+    async with db.pool.acquire() as conn:
+        await conn.execute("DELETE FROM instruments")
+    assert await record_run(db.pool, "instruments", job_functions(db, cfg)["instruments"][1]) == "ok"
+    assert (await read_instruments(db)).height == 5
+    down = cfg.model_copy(update={"exchange": cfg.exchange.model_copy(update={"base_url": "http://127.0.0.1:9",
+                                                                                "max_attempts": 1})})
+    assert await record_run(db.pool, "instruments", job_functions(db, down)["instruments"][1]) == "failed"
+    assert (await read_instruments(db)).height == 5  # a failed refresh leaves the table as it was

@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from bot.core.db.market import read_quotes
+from bot.core.db.pool import Database
 from bot.core.exchange.interface import Quote
 from bot.core.exchange.stream import Book, BybitQuoteStream, quote_from_book
+from tests.cli.test_cli import run_bot
 from tests.fakes.bybit import FakeBybit
 
 
@@ -140,3 +143,17 @@ async def test_out_of_order_and_duplicate_messages_are_dropped() -> None:
     stream._deliver(Quote("YUSDT", 11.0, D(1), D(2), D(1), D(1), 11.0), 1)  # not wanted
     got = [stream.queue.get_nowait() for _ in range(stream.queue.qsize())]
     assert [g.ts for g in got] == [10.0, 10.1] and stream.dropped_out_of_order == 2
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_cli_record_end_to_end(fake: FakeBybit, db: Database, tmp_path: Path) -> None:
+    """`bot data record` against the fake: the reference symbols recorded, a clean stop after --seconds."""
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"exchange:\n  ws_public_url: {fake.public_ws_url}\ndata:\n  quote_interval_s: 0.5\n")
+    res = await asyncio.to_thread(run_bot, "--config", str(cfg), "data", "record", "--seconds", "3",
+                                  env={"BOT_DATABASE_DSN": db.dsn}, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "recorded" in res.stderr and "0 unwritten" in res.stderr
+    quotes = await read_quotes(db, ["BTCUSDT", "ETHUSDT", "SOLUSDT"], 0, time.time() + 10)
+    assert set(quotes["symbol"].unique()) == {"BTCUSDT", "ETHUSDT", "SOLUSDT"}
+    assert quotes.height >= 9  # ~5 grid times x 3 symbols once the connection is up

@@ -32,6 +32,7 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -503,64 +504,68 @@ class FakeBybit:
 
     # ------------------------------------------------------------ websockets
 
-    async def _public_ws(self, request: web.Request) -> web.WebSocketResponse:
+    async def _serve_ws(self, request: web.Request, registry: dict[web.WebSocketResponse, set[str]],
+                        handle: Callable[[web.WebSocketResponse, dict[str, Any]], Awaitable[None]]
+                        ) -> web.WebSocketResponse:
+        """Accept a websocket, register it, hand each JSON text message to `handle`."""
         ws = web.WebSocketResponse(heartbeat=None)
         await ws.prepare(request)
-        self.ws_connections += 1
-        self._public[ws] = set()
+        registry[ws] = set()
         try:
             async for msg in ws:
-                if msg.type != WSMsgType.TEXT:
-                    continue
-                req = json.loads(msg.data)
-                op = req.get("op")
-                if op == "ping":
-                    await ws.send_json({"success": True, "ret_msg": "pong", "conn_id": "fake", "req_id": req.get("req_id", ""),
-                                        "op": "ping"})
-                elif op in ("subscribe", "unsubscribe"):
-                    self.ws_subscribe_requests += 1
-                    topics = self._public[ws]
-                    for t in req.get("args", []):
-                        (topics.add if op == "subscribe" else topics.discard)(t)
-                    await ws.send_json({"success": True, "ret_msg": "", "conn_id": "fake",
-                                        "req_id": req.get("req_id", ""), "op": op})
-                    if op == "subscribe":
-                        for t in req.get("args", []):
-                            m = self.state.markets.get(t.rsplit(".", 1)[-1])
-                            if m is not None:
-                                await self._send(ws, self._book_message(m, "snapshot"))
+                if msg.type == WSMsgType.TEXT:
+                    await handle(ws, json.loads(msg.data))
         finally:
-            self._public.pop(ws, None)
+            registry.pop(ws, None)
         return ws
 
+    async def _public_ws(self, request: web.Request) -> web.WebSocketResponse:
+        self.ws_connections += 1
+
+        async def handle(ws: web.WebSocketResponse, req: dict[str, Any]) -> None:
+            op = req.get("op")
+            if op == "ping":
+                await ws.send_json({"success": True, "ret_msg": "pong", "conn_id": "fake",
+                                    "req_id": req.get("req_id", ""), "op": "ping"})
+            elif op in ("subscribe", "unsubscribe"):
+                self.ws_subscribe_requests += 1
+                topics = self._public[ws]
+                for t in req.get("args", []):
+                    (topics.add if op == "subscribe" else topics.discard)(t)
+                await ws.send_json({"success": True, "ret_msg": "", "conn_id": "fake",
+                                    "req_id": req.get("req_id", ""), "op": op})
+                if op == "subscribe":
+                    for t in req.get("args", []):
+                        m = self.state.markets.get(t.rsplit(".", 1)[-1])
+                        if m is not None:
+                            await self._send(ws, self._book_message(m, "snapshot"))
+
+        return await self._serve_ws(request, self._public, handle)
+
     async def _private_ws(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(heartbeat=None)
-        await ws.prepare(request)
-        authed = False
-        self._private[ws] = set()
-        try:
-            async for msg in ws:
-                if msg.type != WSMsgType.TEXT:
-                    continue
-                req = json.loads(msg.data)
-                op = req.get("op")
-                if op == "auth":
-                    key, expires, sig = req["args"]
-                    secret = self.keys.get(key, "")
-                    expect = hmac.new(secret.encode(), f"GET/realtime{expires}".encode(), hashlib.sha256).hexdigest()
-                    authed = bool(secret) and hmac.compare_digest(expect, sig)
-                    await ws.send_json({"op": "auth", "success": authed, "retCode": 0 if authed else 10004,
-                                        "retMsg": "" if authed else "Invalid sign", "connId": "fake"})
-                elif op == "ping":
-                    await ws.send_json({"op": "pong", "conn_id": "fake"})
-                elif op == "subscribe":
-                    if authed:
-                        self._private[ws].update(req.get("args", []))
-                    await ws.send_json({"success": authed, "ret_msg": "" if authed else "Request not authorized",
-                                        "conn_id": "fake", "req_id": req.get("req_id", ""), "op": "subscribe"})
-        finally:
-            self._private.pop(ws, None)
-        return ws
+        authed: set[web.WebSocketResponse] = set()
+
+        async def handle(ws: web.WebSocketResponse, req: dict[str, Any]) -> None:
+            op = req.get("op")
+            if op == "auth":
+                key, expires, sig = req["args"]
+                secret = self.keys.get(key, "")
+                expect = hmac.new(secret.encode(), f"GET/realtime{expires}".encode(), hashlib.sha256).hexdigest()
+                ok = bool(secret) and hmac.compare_digest(expect, sig)
+                if ok:
+                    authed.add(ws)
+                await ws.send_json({"op": "auth", "success": ok, "retCode": 0 if ok else 10004,
+                                    "retMsg": "" if ok else "Invalid sign", "connId": "fake"})
+            elif op == "ping":
+                await ws.send_json({"op": "pong", "conn_id": "fake"})
+            elif op == "subscribe":
+                ok = ws in authed
+                if ok:
+                    self._private[ws].update(req.get("args", []))
+                await ws.send_json({"success": ok, "ret_msg": "" if ok else "Request not authorized",
+                                    "conn_id": "fake", "req_id": req.get("req_id", ""), "op": "subscribe"})
+
+        return await self._serve_ws(request, self._private, handle)
 
     async def _push_private(self, topic: str, data: list[dict[str, Any]]) -> None:
         msg = {"id": uuid.uuid4().hex, "topic": topic, "creationTime": int(time.time() * 1000), "data": data}

@@ -15,7 +15,10 @@ QuoteRecorder -> binary COPY. In one run:
 3. the naive recorder on the same feed: one INSERT per message, awaited in the
    consumer (rows/s, latency), and the ratio;
 4. capacity: 60 symbols x 40 updates/s (2,400 messages/s), both recorders;
-5. faults at 60 x 10/s, quote_interval 0.1 s: the websocket dropped mid-stream
+5. one live batch (one row for each of 60 symbols): the recorder's write
+   (append_quote_rows: record COPY), the bulk path (copy_quotes: polars + numpy
+   COPY per day) and executemany of the same rows, ms per batch;
+6. faults at 60 x 10/s, quote_interval 0.1 s: the websocket dropped mid-stream
    (time until quotes flow again, rows lost), and a real PostgreSQL (embedded,
    in a temp directory) stopped for 5 s while recording (rows buffered, rows in
    the table = rows sampled, time to flush after the restart).
@@ -39,7 +42,12 @@ from pathlib import Path
 
 import numpy as np
 
-from bot.core.db.market import ensure_quote_partitions
+from bot.core.db.market import (
+    append_quote_rows,
+    copy_quotes,
+    ensure_quote_partitions,
+    insert_quotes_executemany,
+)
 from bot.core.db.migrate import migrate
 from bot.core.db.pool import Database, EmbeddedPostgres, create_pool
 from bot.core.db.scratch import scratch_database, scratch_server
@@ -183,11 +191,37 @@ async def postgres_restart(url: str, down_s: float = 5.0) -> dict[str, float]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+async def live_batch(db: Database, n: int = 200) -> dict[str, float]:
+    import polars as pl
+
+    t0 = time.time() - 3600
+    out: dict[str, float] = {}
+    async def append(pool: object, frame: pl.DataFrame) -> int:
+        return await append_quote_rows(pool, list(frame.iter_rows()), ensure_partitions=False)
+
+    for name, write in (("append", append), ("copy", copy_quotes), ("executemany", insert_quotes_executemany)):
+        times = []
+        for k in range(n):
+            frame = pl.DataFrame({"symbol": SYMBOLS, "ts": [t0 + 0.01 * k] * 60, "bid_price": [1.0] * 60,
+                                  "ask_price": [1.1] * 60, "bid_size": [2.0] * 60, "ask_size": [3.0] * 60})
+            t = time.perf_counter()
+            await write(db.pool, frame)  # type: ignore[operator]
+            times.append(time.perf_counter() - t)
+        out[name] = float(np.median(times) * 1000)
+        async with db.pool.acquire() as conn:
+            await conn.execute("TRUNCATE quotes")
+    return out
+
+
 async def main(seconds: float) -> None:
     with scratch_server(os.environ.get("BOT_DATABASE_DSN")) as admin:
         async with scratch_database(admin, "bot_bench_rec") as db:
             print(f"{len(SYMBOLS)} symbols, {seconds:.0f} s per measurement, PostgreSQL at "
                   f"{db.dsn.rsplit('@', 1)[-1].split('/')[0] or 'embedded'}", flush=True)
+            lb = await live_batch(db)
+            print(f"\nlive batch (60 symbols x 1 row), median of 200: recorder's record COPY {lb['append']:.2f} ms, "
+                  f"bulk copy_quotes {lb['copy']:.2f} ms, executemany {lb['executemany']:.2f} ms; "
+                  f"executemany / record COPY {lb['executemany'] / lb['append']:.1f}x", flush=True)
             for rate in (10.0, 40.0):
                 with fake_server(rate) as url:
                     feed = 60 * rate

@@ -14,7 +14,7 @@ symbols (BTC, ETH, SOL), re-read on NOTIFY `pairs_changed` and after every
 reconnect of the listening connection (a notification may have been missed).
 
 Writes: a writer task takes up to `batch_max` rows in order and COPYs them
-(binary) into the day partitions. When Postgres is unreachable the rows stay
+(`append_quote_rows`: asyncpg's record COPY, the day partition checked once per day). When Postgres is unreachable the rows stay
 buffered, the write is retried with backoff, and they are flushed in order when
 it is back. The buffer holds at most `buffer_max` rows; beyond that the OLDEST
 rows are dropped and counted (`stats.dropped`) -- the recent past is what the
@@ -40,10 +40,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import asyncpg
-import numpy as np
-import polars as pl
 
-from bot.core.db.market import build_bars_from_quotes, copy_quotes, symbol_of
+from bot.core.db.market import append_quote_rows, build_bars_from_quotes, symbol_of
 from bot.core.exchange.interface import Quote
 
 log = logging.getLogger(__name__)
@@ -123,6 +121,7 @@ class QuoteRecorder:
         self._bars_from: float | None = None
         self._stopping = False
         self._stop_deadline = math.inf
+        self._days_ready: set[int] = set()  # UTC days whose quotes partition is known to exist
 
     # ------------------------------------------------------------ running
 
@@ -267,13 +266,10 @@ class QuoteRecorder:
             delay = self.retry_s
 
     async def _write(self, batch: list[tuple[Any, ...]], idempotent: bool) -> None:
-        cols = list(zip(*batch, strict=True))
-        frame = pl.DataFrame({
-            "symbol": pl.Series(cols[0], dtype=pl.Utf8), "ts": np.asarray(cols[1], dtype=np.float64),
-            "bid_price": np.asarray(cols[2], dtype=np.float64), "ask_price": np.asarray(cols[3], dtype=np.float64),
-            "bid_size": np.asarray(cols[4], dtype=np.float64), "ask_size": np.asarray(cols[5], dtype=np.float64),
-        })
-        await copy_quotes(self.pool, frame, ignore_duplicates=idempotent, parallel=1)
+        days = {int(r[1] // 86400) for r in batch}
+        await append_quote_rows(self.pool, [r[:6] for r in batch], idempotent=idempotent,
+                                ensure_partitions=not days <= self._days_ready)
+        self._days_ready |= days
         done = time.time()
         self.stats.written += len(batch)
         self.stats.batches += 1

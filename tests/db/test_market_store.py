@@ -9,6 +9,7 @@ import polars as pl
 import pytest
 
 from bot.core.db.market import (
+    append_quote_rows,
     build_bars_from_quotes,
     coin_information,
     copy_bars,
@@ -154,3 +155,15 @@ async def test_copy_of_many_symbols_with_one_row_each(db: Database) -> None:
     assert np.allclose(back.sort("symbol")["ts"].to_numpy(), frame.sort("symbol")["ts"].to_numpy(), atol=1e-6)
     with pytest.raises(ValueError, match="empty text"):
         await copy_quotes(db, frame.with_columns(pl.lit("").alias("symbol")).head(1))
+
+
+async def test_append_rows_and_its_idempotent_retry(db: Database) -> None:
+    import asyncpg
+
+    rows = [(f"AP{i}USDT", 1_900_100_000.0 + 0.5 * i, 1.0 + i, 1.5 + i, 2.0, 3.0) for i in range(5)]
+    assert await append_quote_rows(db, rows) == 5
+    with pytest.raises(asyncpg.UniqueViolationError):  # a plain append never overwrites or duplicates
+        await append_quote_rows(db, rows[:2])
+    await append_quote_rows(db, rows + [("AP9USDT", 1_900_100_010.0, 9.0, 9.5, 1.0, 1.0)], idempotent=True)
+    back = await read_quotes(db, [r[0] for r in rows] + ["AP9USDT"], 1_900_099_999, 1_900_100_100)
+    assert back.height == 6 and back.sort("symbol")["bid_price"].to_list() == [1.0, 2.0, 3.0, 4.0, 5.0, 9.0]

@@ -330,6 +330,35 @@ async def copy_quotes(db: Any, frame: pl.DataFrame, *, ignore_duplicates: bool =
     return sum(t.result() for t in tasks)
 
 
+async def append_quote_rows(db: Any, rows: Sequence[tuple[str, float, float, float, float, float]], *,
+                            idempotent: bool = False, ensure_partitions: bool = True) -> int:
+    """Append a small batch of quotes: the live recorder's write.
+
+    `rows` are (symbol, ts epoch seconds, bid, ask, bid size, ask size). One COPY of
+    the records through asyncpg's own binary encoder into `quotes` (the partition is
+    routed by the server): no polars frame, no staging table, one statement, so a
+    batch of one row per symbol costs a round trip or two, not a bulk import's set-up.
+    `idempotent` (a retry after a commit whose answer was lost): INSERT ... ON
+    CONFLICT DO NOTHING instead, so rows that did commit are not written twice.
+    `ensure_partitions=False` skips the partition check for days the caller knows exist.
+    Returns the number of rows sent.
+    """
+    if not rows:
+        return 0
+    records = [(sym, to_utc(t), b, a, bs, az) for sym, t, b, a, bs, az in rows]
+    async with _pool_of(db).acquire() as conn:
+        if ensure_partitions:
+            ts = [r[1] for r in records]
+            await ensure_quote_partitions(conn, min(ts), max(ts))
+        if idempotent:
+            await conn.executemany(
+                "INSERT INTO quotes (symbol, ts, bid_price, ask_price, bid_size, ask_size)"
+                " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (symbol, ts) DO NOTHING", records)
+        else:
+            await conn.copy_records_to_table("quotes", records=records, columns=list(QUOTE_COLS))
+    return len(records)
+
+
 async def insert_quotes_executemany(db: Any, frame: pl.DataFrame) -> int:
     """The naive path (one INSERT per row via executemany); kept for the benchmark."""
     frame = normalise_quotes(frame)

@@ -196,6 +196,9 @@ async def live_batch(db: Database, n: int = 200) -> dict[str, float]:
 
     t0 = time.time() - 3600
     out: dict[str, float] = {}
+    async with db.pool.acquire() as conn:  # the recorder checks a day's partition once; do it here
+        await ensure_quote_partitions(conn, dt.datetime.fromtimestamp(t0, dt.UTC),
+                                      dt.datetime.fromtimestamp(t0 + 10, dt.UTC))
     async def append(pool: object, frame: pl.DataFrame) -> int:
         return await append_quote_rows(pool, list(frame.iter_rows()), ensure_partitions=False)
 

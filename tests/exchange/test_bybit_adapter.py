@@ -81,6 +81,14 @@ async def test_qty_off_the_step_is_refused_before_sending(fake: FakeBybit) -> No
     assert fake.requests["/v5/order/create"] == 0 and fake.orders_created == 0
 
 
+@pytest.mark.asyncio(loop_scope="session")
+async def test_unknown_symbol_is_refused_after_refreshing_instruments(fake: FakeBybit) -> None:
+    ex = adapter(fake)  # nothing cached yet: the adapter fetches instruments before its qty check
+    with pytest.raises(OrderRejected, match="NOPEUSDT is unknown"):
+        await ex.place_market_order(OrderRequest("NOPEUSDT", "Buy", D("1"), "b-n-1o0-1"))
+    assert fake.requests["/v5/market/instruments-info"] == 3 and fake.requests["/v5/order/create"] == 0
+
+
 def test_order_body_never_drifts() -> None:
     from bot.core.exchange.interface import Instrument
 

@@ -137,7 +137,7 @@ def fill_from_order(row: dict[str, Any]) -> Fill:
     )
 
 
-def order_body(order: OrderRequest, instrument: Instrument | None) -> dict[str, Any]:
+def order_body(order: OrderRequest, instrument: Instrument) -> dict[str, Any]:
     """The /v5/order/create body of a market order; qty checked against the instrument.
 
     The quantity must already be a positive multiple of qtyStep within
@@ -146,14 +146,13 @@ def order_body(order: OrderRequest, instrument: Instrument | None) -> dict[str, 
     venue would reject, so nothing is sent and nothing is assumed filled.
     """
     qty = Decimal(order.qty)
-    if instrument is not None:
-        if qty <= 0 or round_qty(qty, instrument.qty_step) != qty:
-            raise OrderRejected(10001, f"qty {qty} is not a positive multiple of qtyStep {instrument.qty_step}",
-                                order.order_link_id)
-        if qty < instrument.min_qty or (instrument.max_mkt_qty is not None and qty > instrument.max_mkt_qty):
-            raise OrderRejected(10001, f"qty {qty} outside [{instrument.min_qty}, {instrument.max_mkt_qty}]",
-                                order.order_link_id)
-        qty = round_qty(qty, instrument.qty_step)
+    if qty <= 0 or round_qty(qty, instrument.qty_step) != qty:
+        raise OrderRejected(10001, f"qty {qty} is not a positive multiple of qtyStep {instrument.qty_step}",
+                            order.order_link_id)
+    if qty < instrument.min_qty or (instrument.max_mkt_qty is not None and qty > instrument.max_mkt_qty):
+        raise OrderRejected(10001, f"qty {qty} outside [{instrument.min_qty}, {instrument.max_mkt_qty}]",
+                            order.order_link_id)
+    qty = round_qty(qty, instrument.qty_step)
     if len(order.order_link_id) > 36 or not order.order_link_id:
         raise OrderRejected(10001, f"orderLinkId must be 1-36 characters (got {order.order_link_id!r})",
                             order.order_link_id)
@@ -338,7 +337,13 @@ class BybitExchange:
 
     async def place_market_order(self, order: OrderRequest) -> Fill:
         """Place a market order and return its fill; never places the same orderLinkId twice."""
-        body = order_body(order, self._instruments.get(order.symbol))
+        if order.symbol not in self._instruments:
+            await self.instruments()  # the qty check needs qtyStep / minOrderQty / maxMktOrderQty
+        instrument = self._instruments.get(order.symbol)
+        if instrument is None or instrument.status != "Trading":
+            state = "unknown" if instrument is None else f"not trading ({instrument.status})"
+            raise OrderRejected(10001, f"symbol {order.symbol} is {state}", order.order_link_id)
+        body = order_body(order, instrument)
         last = ""
         for attempt in range(self.retry.attempts):
             if attempt:

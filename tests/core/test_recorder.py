@@ -208,7 +208,9 @@ async def test_postgres_restart_beyond_the_bound_counts_the_drops(restartable_pg
     rec, rows = await _record_through_restart(server, dsn, buffer_max=30)
     st = rec.stats
     assert st.dropped > 0 and rec.buffered == 0
-    assert len(rows) == st.sampled - st.dropped  # what was not dropped is stored, and counted either way
+    # what was not dropped is stored; a batch that committed while its answer was lost to the shutdown
+    # and then fell off the full buffer is stored yet counted as dropped: loss is over-, never under-reported
+    assert st.sampled - st.dropped <= len(rows) <= st.sampled
     assert st.max_buffered <= 30
 
 

@@ -32,7 +32,7 @@ def _random_ticks(seed: int, n: int = 600, null_frac: float = 0.05) -> pl.DataFr
 
 
 params_strategy = st.fixed_dictionaries({
-    "in_": st.floats(1.0, 2.5), "out_": st.floats(0.0, 0.9), "asym": st.floats(-0.3, 0.3),
+    "in_": st.floats(1.0, 2.5), "out_": st.floats(0.0, 0.6), "asym": st.floats(-0.3, 0.3),
     "open_method": st.sampled_from(["direct", "reverse_static", "reverse_dynamic"]),
     "close_method": st.sampled_from(["direct", "reverse_static", "reverse_dynamic"]),
     "dist_in": st.floats(0.0, 1.0), "dist_out": st.floats(0.0, 1.0),

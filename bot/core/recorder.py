@@ -137,12 +137,16 @@ class QuoteRecorder:
             tasks.append(asyncio.create_task(self._bars_loop(), name="recorder-bars"))
         if self.follow_pairs:
             tasks.append(asyncio.create_task(self._listen_loop(), name="recorder-pairs"))
+        writer = tasks[2]
         try:
-            # the writer returns after stop() once the buffer is empty; the others end only by failing
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for t in done:
-                if t.exception() is not None:
-                    raise t.exception()  # type: ignore[misc]
+            # the writer returns after stop() once the buffer is flushed (the sampler returns
+            # earlier and must not cut the flush short); any task failing ends the run
+            pending = set(tasks)
+            while writer in pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for t in done:
+                    if t.exception() is not None:
+                        raise t.exception()  # type: ignore[misc]
         finally:
             for t in tasks:
                 t.cancel()

@@ -266,3 +266,28 @@ async def test_subscriptions_follow_the_pairs_table(db: Database) -> None:
         await asyncio.wait_for(task, 10)
         async with db.pool.acquire() as conn:
             await conn.execute("DELETE FROM pairs")
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_stop_waits_for_the_flush_not_for_the_sampler(db: Database) -> None:
+    """stop() while writes are slow: the sampler ends at once, the writer still flushes everything."""
+
+    source = ListSource()
+    rec = QuoteRecorder(db.pool, source, interval_s=0.05, symbols=["SLOWUSDT"], follow_pairs=False, bars=False)
+    import bot.core.recorder as recorder_module
+
+    real = recorder_module.append_quote_rows
+
+    async def slow(*args: object, **kw: object) -> int:
+        await asyncio.sleep(0.3)
+        return await real(*args, **kw)  # type: ignore[arg-type]
+
+    recorder_module.append_quote_rows = slow  # type: ignore[assignment]
+    try:
+        task = asyncio.create_task(rec.run())
+        await feed(source, ["SLOWUSDT"], hz=50, seconds=0.5)
+        rec.stop()
+        await asyncio.wait_for(task, 20)
+    finally:
+        recorder_module.append_quote_rows = real
+    assert rec.buffered == 0 and rec.stats.written == rec.stats.sampled > 5

@@ -145,6 +145,27 @@ async def test_rate_limit_waits_for_the_reset_then_succeeds(fake: FakeBybit) -> 
 
 
 @pytest.mark.asyncio(loop_scope="session")
+async def test_http_403_backs_off_then_succeeds(fake: FakeBybit) -> None:
+    ex = adapter(fake, retry=RetryPolicy(attempts=3, backoff_s=0.01, max_backoff_s=0.05))
+    fake.http_status_next(403)
+    assert await ex.wallet_balance() == D("10000")
+    assert ex.retries == 1 and fake.requests["/v5/account/wallet-balance"] == 2
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_rate_limiter_spaces_calls() -> None:
+    from bot.core.exchange.bybit import RateLimiter
+
+    lim = RateLimiter(50.0, burst=1)
+    t0 = time.monotonic()
+    for _ in range(11):
+        await lim.acquire()
+    assert time.monotonic() - t0 >= 0.19  # 10 waits of 20 ms after the first token
+    with pytest.raises(ValueError):
+        RateLimiter(0)
+
+
+@pytest.mark.asyncio(loop_scope="session")
 async def test_retries_are_bounded(fake: FakeBybit) -> None:
     ex = adapter(fake, retry=RetryPolicy(attempts=3, backoff_s=0.01))
     fake.rate_limit_next(10)

@@ -13,6 +13,7 @@ instrument is the BTCUSDT entry of the fixture with its numbers replaced).
 Faults, set from the test thread: `reject_next_order(code, msg)`,
 `rate_limit_next(n)` (retCode 10006 with X-Bapi-Limit-* headers), `delay_create(s)`
 (the order is placed, the answer comes late: a client timeout), `delay_all(s)`,
+`http_status_next(403)` (the IP limit's bare HTTP answer),
 `drop_websockets()` (abort every public connection), `pause_feed()`.
 
 The server runs on its own thread and event loop so the code under test (pybit is
@@ -120,6 +121,7 @@ class FakeBybit:
         self.messages_sent = 0
         self._rejections: list[tuple[int, str]] = []
         self._rate_limited = 0
+        self._http_status: list[int] = []
         self._create_delay = 0.0
         self._create_delay_count = 0
         self._delay_all = 0.0
@@ -230,6 +232,11 @@ class FakeBybit:
         with self.lock:
             self._rate_limited += n
 
+    def http_status_next(self, status: int, n: int = 1) -> None:
+        """The next n requests get this HTTP status (403: Bybit's IP rate limit) and no JSON."""
+        with self.lock:
+            self._http_status.extend([status] * n)
+
     def delay_create(self, seconds: float, count: int = 1) -> None:
         with self.lock:
             self._create_delay, self._create_delay_count = seconds, count
@@ -277,9 +284,12 @@ class FakeBybit:
             await asyncio.sleep(self._delay_all)
         payload = request.query_string if request.method == "GET" else await request.text()
         with self.lock:
+            status = self._http_status.pop(0) if self._http_status else None
             limited = self._rate_limited > 0
-            if limited:
+            if limited and status is None:
                 self._rate_limited -= 1
+        if status is not None:
+            return web.Response(status=status, text="Forbidden"), payload
         if limited:
             now = int(time.time() * 1000)
             return self._err(10006, "Too many visits!", {

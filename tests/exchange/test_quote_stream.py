@@ -160,3 +160,22 @@ async def test_cli_record_end_to_end(fake: FakeBybit, db: Database, tmp_path: Pa
     quotes = await read_quotes(db, ["BTCUSDT", "ETHUSDT", "SOLUSDT"], 0, time.time() + 10)
     assert set(quotes["symbol"].unique()) == {"BTCUSDT", "ETHUSDT", "SOLUSDT"}
     assert quotes.height >= 9  # ~5 grid times x 3 symbols once the connection is up
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_venue_down_at_start_is_retried_in_the_background(shared_data: Path) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on yet
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    stream = BybitQuoteStream(f"ws://127.0.0.1:{port}/v5/public/linear", check_every_s=0.05, max_backoff_s=0.2)
+    await stream.start(["BTCUSDT"])  # does not raise: the watchdog keeps trying
+    try:
+        await asyncio.sleep(0.3)
+        assert stream.messages == 0
+        with FakeBybit(feed_rate=20, port=port):
+            quotes = await collect(stream, 3.0)
+    finally:
+        await stream.close()
+    assert quotes and stream.reconnects >= 1

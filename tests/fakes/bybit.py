@@ -106,7 +106,7 @@ class FakeBybit:
 
     def __init__(self, markets: list[Market] | None = None, api_key: str = "test-key",
                  api_secret: str = "test-secret", feed_rate: float = 10.0, page_limit_max: int = 1000,
-                 seed: int = 7):
+                 seed: int = 7, port: int = 0):
         self.keys = {api_key: api_secret}
         self.feed_rate = feed_rate
         self.page_limit_max = page_limit_max
@@ -133,7 +133,7 @@ class FakeBybit:
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
         self._runner: web.AppRunner | None = None
-        self.port = 0
+        self.port = port  # 0: any free port
         self._instrument_template = _load(_INSTRUMENT_FIXTURE, {"result": {"list": [{}]}})["result"]["list"][0]
         self._order_template = _load(_ORDER_FIXTURE, {"data": [{}]})["data"][0]
         self._position_template = _load(_POSITION_FIXTURE, {"result": {"list": [{}]}})["result"]["list"][0]
@@ -208,7 +208,7 @@ class FakeBybit:
         app.router.add_get("/v5/private", self._private_ws)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
         await site.start()
         server = site._server
         assert server is not None

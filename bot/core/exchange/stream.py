@@ -135,10 +135,16 @@ class BybitQuoteStream:
     # ------------------------------------------------------------ public
 
     async def start(self, symbols: set[str] | list[str]) -> None:
+        """Connect and subscribe; if the venue is unreachable now, the watchdog keeps trying
+        (a service must outlive a venue outage at its start)."""
         self._loop = asyncio.get_running_loop()
         self._wanted = set(symbols)
-        async with self._lock:
-            await self._reconnect(first=True)
+        try:
+            async with self._lock:
+                await self._reconnect(first=True)
+        except Exception as e:
+            log.warning("quote stream: first connection failed (%s: %s); retrying in the background",
+                        type(e).__name__, e)
         self._watchdog = asyncio.create_task(self._watch(), name="quote-stream-watchdog")
 
     async def get(self) -> Quote:
@@ -189,6 +195,8 @@ class BybitQuoteStream:
 
     def _on_raw(self, ws: _LocalWebSocket, message: dict[str, Any]) -> None:
         try:
+            if ws._abandoned:
+                return  # a message still in flight on a connection already replaced
             topic = message.get("topic", "")
             if topic.startswith("orderbook."):
                 sym = (message.get("data") or {}).get("s") or topic.rsplit(".", 1)[-1]

@@ -194,7 +194,6 @@ class ExchangeConfig(_Section):
     recv_window_ms: int = Field(5000, ge=1)
     http_timeout_s: float = Field(10.0, gt=0)
     ws_public_url: str | None = None
-    ws_private_url: str | None = None
     rate_limit_per_s: float = Field(10.0, gt=0)
     max_attempts: int = Field(5, ge=1)
     stale_stream_s: float = Field(10.0, gt=0)

@@ -162,14 +162,6 @@ class QuoteRecorder:
     def buffered(self) -> int:
         return len(self._buffer) + self._inflight
 
-    async def flush(self, timeout_s: float = 10.0) -> bool:
-        """Write everything buffered now; True when the buffer is empty."""
-        deadline = time.monotonic() + timeout_s
-        while self.buffered and time.monotonic() < deadline:
-            self._wake.set()
-            await asyncio.sleep(0.01)
-        return self.buffered == 0
-
     # ------------------------------------------------------------ quotes in
 
     async def _consume(self) -> None:
@@ -216,10 +208,14 @@ class QuoteRecorder:
 
     def _append(self, row: tuple[Any, ...]) -> None:
         self._buffer.append(row)
-        while len(self._buffer) + self._inflight > self.buffer_max and self._buffer:
+        self._trim()
+        self.stats.max_buffered = max(self.stats.max_buffered, self.buffered)
+
+    def _trim(self) -> None:
+        """Hold the bound: drop (and count) the oldest rows not being written."""
+        while self.buffered > self.buffer_max and self._buffer:
             self._buffer.popleft()
             self.stats.dropped += 1
-        self.stats.max_buffered = max(self.stats.max_buffered, self.buffered)
 
     async def _sample_loop(self) -> None:
         t = grid_after(self.clock(), self.interval_s)
@@ -250,9 +246,7 @@ class QuoteRecorder:
             except DB_ERRORS as e:
                 self._inflight = 0
                 self._buffer.extendleft(reversed(batch))  # back in front, order kept
-                while len(self._buffer) > self.buffer_max:
-                    self._buffer.popleft()
-                    self.stats.dropped += 1
+                self._trim()
                 self.stats.write_failures += 1
                 retrying = True
                 if self._stopping and time.monotonic() > self._stop_deadline:

@@ -79,11 +79,6 @@ class Market:
 
 
 @dataclass
-class Order:
-    data: dict[str, Any]
-
-
-@dataclass
 class FakeState:
     markets: dict[str, Market] = field(default_factory=dict)
     orders: dict[str, dict[str, Any]] = field(default_factory=dict)  # by orderLinkId

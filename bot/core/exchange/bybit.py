@@ -93,6 +93,11 @@ class RetryPolicy:
     def delay(self, attempt: int) -> float:
         return min(self.max_backoff_s, self.backoff_s * 2 ** attempt)
 
+    def wait(self, attempt: int, hint_s: float | None) -> float:
+        """Seconds before the next attempt: the venue's hint (rate-limit reset, 403) when it
+        gave one, else the exponential backoff; never above max_backoff_s."""
+        return min(self.max_backoff_s, hint_s if hint_s is not None else self.delay(attempt))
+
 
 class _Retry(Exception):
     """Internal: this attempt failed in a way a retry may fix."""
@@ -226,9 +231,9 @@ class BybitExchange:
                 last = r.reason
                 if attempt + 1 < self.retry.attempts:
                     self.retries += 1
-                    wait = r.wait_s if r.wait_s is not None else self.retry.delay(attempt)
+                    wait = self.retry.wait(attempt, r.wait_s)
                     log.warning("bybit %s: %s; retry %d in %.2f s", name, r.reason, attempt + 1, wait)
-                    await asyncio.sleep(min(wait, self.retry.max_backoff_s))
+                    await asyncio.sleep(wait)
             except InvalidRequestError as e:
                 raise VenueError(e.status_code, e.message) from None
         raise TemporaryError(f"bybit {name}: gave up after {self.retry.attempts} attempts ({last})")
@@ -361,10 +366,10 @@ class BybitExchange:
             except _Retry as r:
                 last = r.reason
                 self.retries += 1
-                wait = r.wait_s if r.wait_s is not None else self.retry.delay(attempt)
+                wait = self.retry.wait(attempt, r.wait_s)
                 log.warning("bybit order %s: %s; checking by orderLinkId in %.2f s", order.order_link_id,
                             r.reason, wait)
-                await asyncio.sleep(min(wait, self.retry.max_backoff_s))
+                await asyncio.sleep(wait)
             except InvalidRequestError as e:
                 if e.status_code == DUPLICATE_LINK_ID:
                     return await self._await_final(order.order_link_id)

@@ -206,7 +206,11 @@ async def test_leverage_already_set_is_success(fake: FakeBybit) -> None:
 @pytest.mark.asyncio(loop_scope="session")
 async def test_cancel_of_a_filled_market_order_is_false(fake: FakeBybit) -> None:
     ex = adapter(fake)
-    assert await ex.cancel_order("ETHUSDT", "b-none") is False
+    link = order_link_id(31, 1, "open")
+    await ex.place_market_order(OrderRequest("ETHUSDT", "Buy", D("0.10"), link))
+    assert await ex.cancel_order("ETHUSDT", link) is False  # market orders are final at once (110001)
+    assert await ex.cancel_order("ETHUSDT", "b-none") is False  # unknown: the same answer
+    assert fake.requests["/v5/order/cancel"] == 2 and await ex.positions() == {"ETHUSDT": D("0.10")}
 
 
 @pytest.mark.asyncio(loop_scope="session")

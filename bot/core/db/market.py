@@ -527,6 +527,41 @@ async def bar_symbols(db: Any, tf: str) -> pl.DataFrame:
     )
 
 
+async def missing_bar_ranges(db: Any, symbols: Sequence[str], tf: str, start: Any,
+                             end: Any) -> dict[str, list[tuple[float, float]]]:
+    """Per symbol, the ranges [lo, hi) of open times in [start, end) that hold no stored bar.
+
+    One query for all symbols: the stored open times of the window, plus two sentinels
+    per symbol (start - tf and end), ordered per symbol; a pair of neighbours t0 < t1
+    with t1 > t0 + tf is the missing range [t0 + tf, t1). So a symbol with nothing
+    stored gets [start, end), one with complete bars gets [], and a hole between two
+    stored bars, a missing head or a missing tail each get one range. Times are epoch
+    seconds; every symbol asked for is a key. Only the table is read (no bar is
+    pulled into Python).
+    """
+    syms = sorted(set(symbols))
+    out: dict[str, list[tuple[float, float]]] = {s: [] for s in syms}
+    if not syms or to_utc(end) <= to_utc(start):
+        return out
+    sql = (
+        "WITH s AS (SELECT unnest($1::text[]) AS symbol),"
+        " t AS ("
+        "   SELECT symbol, open_time FROM bars"
+        "   WHERE tf = $2 AND symbol = ANY($1::text[]) AND open_time >= $3 AND open_time < $4"
+        "   UNION ALL SELECT symbol, $3 - $5::interval FROM s"
+        "   UNION ALL SELECT symbol, $4 FROM s),"
+        " g AS (SELECT symbol, open_time,"
+        "   lag(open_time) OVER (PARTITION BY symbol ORDER BY open_time) AS prev FROM t)"
+        " SELECT symbol, extract(epoch FROM prev + $5::interval)::float8 AS lo,"
+        " extract(epoch FROM open_time)::float8 AS hi"
+        " FROM g WHERE prev IS NOT NULL AND open_time > prev + $5::interval ORDER BY symbol, lo"
+    )
+    async with _pool_of(db).acquire() as conn:
+        rows = await conn.fetch(sql, syms, tf, to_utc(start), to_utc(end), dt.timedelta(seconds=tf_seconds(tf)))
+    for r in rows:
+        out[r["symbol"]].append((float(r["lo"]), float(r["hi"])))
+    return out
+
 # ---------------------------------------------------------------- the notebook's load_data
 
 def _with_time(frame: pl.DataFrame) -> pl.DataFrame:

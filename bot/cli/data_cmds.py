@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bot.cli.args import Problems, UsageError, output_file, positive_float, timeframe
 from bot.config import BotConfig
 from bot.config.model import DatabaseConfig
 
@@ -66,6 +67,21 @@ async def write_demo_market(db: Any, market: Any, tfs: tuple[str, ...] = ("1h", 
     return counts
 
 
+def check_demo_args(args: argparse.Namespace) -> None:
+    """The demo market's arguments, all checked before a server starts or a file is written."""
+    from bot.core.demo_market import _NAMES, REFERENCE
+
+    p = Problems()
+    p.check(positive_float, args.days, "--days")
+    p.check(positive_float, args.quote_interval, "--quote-interval")
+    most = len(_NAMES) + len(REFERENCE)
+    if not 8 <= args.symbols <= most:
+        p.add(f"--symbols: from 8 to {most} symbols (got {args.symbols})")
+    if args.manifest:
+        p.check(output_file, args.manifest, "--manifest")
+    p.raise_if_any()
+
+
 def _generate(args: argparse.Namespace) -> Any:
     from bot.core.demo_market import generate
 
@@ -86,6 +102,8 @@ def _print_market(market: Any, counts: dict[str, int]) -> None:
 
 def cmd_data_demo(args: argparse.Namespace, cfg: BotConfig) -> int:
     from bot.core.db.pool import open_database
+
+    check_demo_args(args)
 
     async def run() -> int:
         t0 = time.perf_counter()
@@ -110,16 +128,23 @@ def cmd_data_demo(args: argparse.Namespace, cfg: BotConfig) -> int:
 
 def cmd_data_import(args: argparse.Namespace, cfg: BotConfig) -> int:
     from bot.core.db.pool import open_database
-    from bot.core.importer import import_files, parse_file
+    from bot.core.importer import ImportFileError, import_files, parse_file
 
-    # validate everything before touching the database
-    for p in args.paths:
-        parse_file(p, args.tf)
+    # validate everything before touching the database, and name every bad file
+    problems = Problems()
+    tf = problems.check(timeframe, args.tf, "--tf") if args.tf is not None else None
+    if args.tf is None or tf is not None:
+        for path in args.paths:
+            try:
+                parse_file(path, tf)
+            except ImportFileError as err:
+                problems.add(str(err))
+    problems.raise_if_any()
 
     async def run() -> int:
         db = await open_database(cfg.database)
         try:
-            written = await import_files(db, args.paths, args.tf)
+            written = await import_files(db, args.paths, tf)
         finally:
             await db.close()
         for pf, n in written:
@@ -160,7 +185,10 @@ def cmd_demo(args: argparse.Namespace, cfg: BotConfig) -> int:
     """Start an embedded Postgres, migrate, generate the demo market and show what it holds."""
     from bot.core.db.pool import open_database
 
+    check_demo_args(args)
     work = Path(args.dir or Path(cfg.paths.data_dir) / "demo")
+    if work.exists() and not work.is_dir():
+        raise UsageError(f"--dir: not a directory: {work}")
     work.mkdir(parents=True, exist_ok=True)
     dbcfg = cfg.database if args.use_config_db else DatabaseConfig(embedded_dir=str(work / "pgdata"))
 

@@ -10,6 +10,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bot.cli.args import (
+    Problems,
+    check_known,
+    database_tokens,
+    positive_float,
+    timeframes,
+    token_list,
+)
 from bot.config import BotConfig
 
 log = logging.getLogger(__name__)
@@ -67,17 +75,17 @@ def cmd_instruments(args: argparse.Namespace, cfg: BotConfig) -> int:
 
 
 def cmd_backfill(args: argparse.Namespace, cfg: BotConfig) -> int:
-    from bot.analysis.zscore import tf_seconds
     from bot.core.backfill import BackfillResult, backfill
     from bot.core.db.market import symbol_of
     from bot.core.db.pool import open_database
     from bot.core.exchange.factory import market_client
 
-    tfs = [t.strip() for t in args.tf.split(",") if t.strip()]
-    for t in tfs:
-        tf_seconds(t)  # a bad timeframe is a usage error before anything connects
-    if args.days <= 0:
-        raise ValueError(f"--days must be positive (got {args.days})")
+    p = Problems()  # every bad argument is a usage error before anything connects
+    tfs = p.check(timeframes, args.tf, "--tf")
+    p.check(positive_float, args.days, "--days")
+    tokens = p.check(token_list, args.symbols, "--symbols") if args.symbols is not None else None
+    p.raise_if_any()
+    assert tfs is not None
 
     def show(r: BackfillResult) -> None:
         span = f"{r.first:%Y-%m-%d %H:%M} .. {r.last:%Y-%m-%d %H:%M}" if r.first and r.last else "nothing new"
@@ -87,8 +95,13 @@ def cmd_backfill(args: argparse.Namespace, cfg: BotConfig) -> int:
     async def run() -> int:
         db = await open_database(cfg.database)
         try:
-            symbols = ([symbol_of(s.strip()) for s in args.symbols.split(",") if s.strip()] if args.symbols
-                       else await candidate_symbols(db, cfg))
+            if tokens is not None:
+                known, where = await database_tokens(db)
+                if known:  # nothing fetched for a symbol the exchange does not list
+                    check_known(tokens, known, "--symbols", where, "`bot data instruments` refreshes it")
+                else:
+                    log.warning("instruments table empty: --symbols not checked (run `bot data instruments`)")
+            symbols = [symbol_of(t) for t in tokens] if tokens is not None else await candidate_symbols(db, cfg)
             print(f"backfill {len(symbols)} symbols x {tfs}, {args.days:g} days", flush=True)
             await backfill(db, market_client(cfg), symbols, args.days, tfs, progress=show)
         finally:
@@ -102,6 +115,8 @@ def cmd_record(args: argparse.Namespace, cfg: BotConfig) -> int:
     from bot.core.db.pool import open_database
     from bot.core.exchange.factory import quote_stream
     from bot.core.recorder import QuoteRecorder
+
+    positive_float(args.seconds, "--seconds")
 
     async def run() -> int:
         db = await open_database(cfg.database)

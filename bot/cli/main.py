@@ -13,15 +13,12 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from bot.cli.args import UsageError
 from bot.config import BotConfig, ConfigError, dump_effective, load
 
 log = logging.getLogger("bot")
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
-
-
-class UsageError(Exception):
-    """Bad input from the user: printed as one message, exit code 2."""
 
 
 def _setup_logging(verbose: int) -> None:
@@ -86,11 +83,12 @@ def cmd_db_migrate(args: argparse.Namespace, cfg: BotConfig) -> int:
 
 
 def run_command(func: Callable[[argparse.Namespace, Any], int], args: argparse.Namespace) -> int:
+    """Run one command; every failure becomes one line per problem on stderr and its exit code."""
     from bot.core.db.migrate import SchemaTooNew
     from bot.core.db.pool import DatabaseUnavailable
     from bot.core.exchange.interface import ExchangeError
     from bot.core.importer import ImportFileError
-    from bot.research.model import ModelError
+    from bot.research.model import DataFileError, ModelError
     from bot.research.pairs_file import PairsFileError
 
     try:
@@ -101,10 +99,14 @@ def run_command(func: Callable[[argparse.Namespace, Any], int], args: argparse.N
         for p in err.problems:
             print(f"  {p}", file=sys.stderr)
         return EXIT_USAGE
+    except UsageError as err:
+        for p in err.problems or [str(err)]:
+            print(f"error: {p}", file=sys.stderr)
+        return EXIT_USAGE
     except (DatabaseUnavailable, SchemaTooNew, ModelError, ExchangeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_FAIL
-    except (ImportFileError, PairsFileError, UsageError, ValueError) as err:
+    except (ImportFileError, PairsFileError, DataFileError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except FileNotFoundError as err:
@@ -113,6 +115,12 @@ def run_command(func: Callable[[argparse.Namespace, Any], int], args: argparse.N
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # a bug or an unforeseen failure: one line, the traceback with -vv
+        log.debug("traceback of the failure", exc_info=True)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        print(f"error: unexpected {type(err).__name__}{': ' + first if first else ''}"
+              f"{'' if getattr(args, 'verbose', 0) > 1 else ' (-vv shows the traceback)'}", file=sys.stderr)
+        return EXIT_FAIL
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
+from bot.cli.args import (
+    Problems,
+    UsageError,
+    output_file,
+    pairs_file,
+    parse_time,
+    positive_int,
+    window,
+)
 from bot.config import BotConfig
 
 
@@ -36,18 +44,24 @@ def register(sub: Any) -> None:
     s.set_defaults(func=cmd_score)
 
 
-def _time(text: str) -> dt.datetime:
-    v = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return v if v.tzinfo else v.replace(tzinfo=dt.UTC)
-
-
 def cmd_dataset(args: argparse.Namespace, cfg: BotConfig) -> int:
     from bot.core.db.pool import open_database
-    from bot.research.dataset import build_dataset
-    from bot.research.pairs_file import read_pairs
+    from bot.research.dataset import build_dataset, windows
 
-    pairs = read_pairs(args.pairs)
-    start, end = _time(args.start), _time(args.end)
+    p = Problems()
+    start = p.check(parse_time, args.start, "--start")
+    end = p.check(parse_time, args.end, "--end")
+    p.check(window, start, end)
+    p.check(positive_int, args.iters, "--iters")
+    p.check(positive_int, args.workers, "--workers")
+    out = p.check(output_file, args.out or Path(cfg.paths.data_dir) / "dataset.parquet", "--out")
+    pairs = p.check(pairs_file, args.pairs)  # a malformed file stops here: nothing run
+    p.raise_if_any()
+    assert pairs is not None and start is not None and end is not None and out is not None
+    m = cfg.model
+    if not windows(start, end, m.train_days, m.test_days):
+        raise UsageError(f"--start {start:%Y-%m-%d %H:%M} .. --end {end:%Y-%m-%d %H:%M}: shorter than one window of "
+                         f"model.train_days + model.test_days = {m.train_days} + {m.test_days} days")
 
     async def run() -> tuple[int, pl.DataFrame]:
         db = await open_database(cfg.database)
@@ -58,7 +72,6 @@ def cmd_dataset(args: argparse.Namespace, cfg: BotConfig) -> int:
             await db.close()
 
     dataset_id, frame = asyncio.run(run())
-    out = Path(args.out or Path(cfg.paths.data_dir) / "dataset.parquet")
     out.parent.mkdir(parents=True, exist_ok=True)
     frame.write_parquet(out)
     print(f"dataset {dataset_id}: {frame.height} rows over {frame['window_id'].n_unique() if frame.height else 0} "
@@ -75,10 +88,11 @@ def print_walk_forward(wf: Any) -> None:
 
 
 def cmd_train(args: argparse.Namespace, cfg: BotConfig) -> int:
-    from bot.research.model import fit_catboost, save_model, walk_forward
+    from bot.research.model import fit_catboost, read_dataset_file, save_model, walk_forward
 
+    positive_int(args.min_train_windows, "--min-train-windows")
     if args.dataset:
-        frame = pl.read_parquet(args.dataset)
+        frame = read_dataset_file(args.dataset)
     else:
         from bot.core.db.pool import open_database
         from bot.research.dataset import load_dataset
@@ -104,10 +118,12 @@ def cmd_train(args: argparse.Namespace, cfg: BotConfig) -> int:
 
 
 def cmd_score(args: argparse.Namespace, cfg: BotConfig) -> int:
-    from bot.research.model import latest_model, load_model
+    from bot.research.model import latest_model, load_model, read_stats_file
 
+    frame = read_stats_file(args.stats)  # the input first: a bad file is exit 2 whatever the model
+    if args.model and not Path(args.model).is_file():
+        raise UsageError(f"--model: no such model file: {args.model}")
     lm = load_model(args.model) if args.model else latest_model(cfg.model.dir, promoted_only=not args.any)
-    frame = pl.read_parquet(args.stats)
     pred = lm.predict(frame)
     out = frame.select("coin1", "coin2").with_columns(pl.Series("pred", pred)).sort("pred", descending=True)
     print(f"model {lm.path.name} (created {lm.meta['created_at']}, promoted {lm.meta.get('promoted')})")

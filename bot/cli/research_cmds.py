@@ -8,6 +8,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
+from bot.cli.args import Problems, output_file, pairs_file, parse_time, positive_int, window
 from bot.config import BotConfig
 
 
@@ -32,28 +33,28 @@ def register(sub: Any) -> None:
         p.set_defaults(func=cmd_research, research_kind=name)
 
 
-def _time(text: str | None, default: dt.datetime) -> dt.datetime:
-    if text is None:
-        return default
-    v = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return v if v.tzinfo else v.replace(tzinfo=dt.UTC)
-
-
 def cmd_research(args: argparse.Namespace, cfg: BotConfig) -> int:
     from bot.core.db.pool import open_database
-    from bot.research.pairs_file import read_pairs
     from bot.research.params import sample_params
     from bot.research.sweep import run_sweep
 
-    pairs = read_pairs(args.pairs)  # a malformed file stops here: nothing run
     r = cfg.research
-    valid = _time(args.valid, r.valid_time)
-    end = _time(args.end, r.end_time)
-    start = _time(args.start, r.train_start or valid - dt.timedelta(days=r.train_days))
-    if not start < valid <= end:
-        raise ValueError(f"windows must satisfy start < valid <= end (got {start} / {valid} / {end})")
     sweep = args.research_kind == "sweep"
-    out = Path(args.out or Path(cfg.paths.data_dir) / "all_pairs.parquet")
+    p = Problems()
+    valid = p.check(parse_time, args.valid, "--valid", r.valid_time)
+    end = p.check(parse_time, args.end, "--end", r.end_time)
+    default_start = r.train_start or (valid - dt.timedelta(days=r.train_days) if valid else None)
+    start = p.check(parse_time, args.start, "--start", default_start) if args.start or default_start else None
+    p.check(window, start, valid, "--start", "--valid")
+    p.check(window, valid, end, "--valid", "--end", allow_equal=True)
+    p.check(positive_int, args.iters, "--iters")
+    p.check(positive_int, args.workers, "--workers")
+    out = p.check(output_file, args.out or Path(cfg.paths.data_dir) / "all_pairs.parquet", "--out")
+    if sweep:
+        p.check(output_file, args.log or r.trades_log, "--log")
+    pairs = p.check(pairs_file, args.pairs)  # a malformed file stops here: nothing run
+    p.raise_if_any()
+    assert pairs is not None and start is not None and valid is not None and end is not None and out is not None
     seed = r.seed if args.seed is None else args.seed
     sets = sample_params(r, cfg.strategy, args.iters or (0 if args.grid else r.iters), seed,
                          mode="grid" if args.grid else "random")

@@ -37,12 +37,61 @@ import numpy as np
 import polars as pl
 
 from bot.config.model import BotConfig
-from bot.research.dataset import FEATURES, TARGET
+from bot.research.dataset import FEATURES, META, TARGET
 from bot.utils.files import atomic_write_text
 
 
 class ModelError(RuntimeError):
     """A model that cannot be used (missing, corrupt, mismatched); the message says why."""
+
+
+class DataFileError(ValueError):
+    """A dataset or statistics file given by the user that cannot be used: bad input (exit 2)."""
+
+
+DATASET_COLUMNS = (*META, *FEATURES, "pr_test", TARGET)
+
+
+def _read_parquet_checked(path: str | Path, required: tuple[str, ...], what: str,
+                          numeric: tuple[str, ...]) -> pl.DataFrame:
+    """The parquet at `path` with every `required` column, `numeric` ones numeric;
+    otherwise a DataFileError naming the file and every missing or mistyped column."""
+    p = Path(path)
+    if not p.exists():
+        raise DataFileError(f"{p}: no such file")
+    if not p.is_file():
+        raise DataFileError(f"{p}: not a file")
+    try:
+        schema = pl.read_parquet_schema(p)
+    except OSError as err:
+        raise DataFileError(f"{p}: cannot read ({err.strerror or err})") from None
+    except Exception as err:  # polars raises ComputeError and friends for a file that is not parquet
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataFileError(f"{p}: not a parquet file ({first})") from None
+    problems = []
+    missing = [c for c in required if c not in schema]
+    if missing:
+        problems.append(f"lacks the {what} columns {missing}")
+    wrong = [f"{c} ({schema[c]})" for c in numeric if c in schema and not (schema[c].is_numeric() or schema[c] == pl.Null)]
+    if wrong:
+        problems.append(f"columns not numeric: {', '.join(wrong)}")
+    if problems:
+        raise DataFileError(f"{p}: " + "; ".join(problems))
+    try:
+        return pl.read_parquet(p)
+    except Exception as err:  # a truncated or corrupt body behind a readable footer
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataFileError(f"{p}: unreadable parquet ({first})") from None
+
+
+def read_dataset_file(path: str | Path) -> pl.DataFrame:
+    """A dataset parquet (`bot dataset --out`): META, FEATURES, pr_test and the target."""
+    return _read_parquet_checked(path, DATASET_COLUMNS, "dataset's", ("window_id", *FEATURES, "pr_test", TARGET))
+
+
+def read_stats_file(path: str | Path, features: tuple[str, ...] = FEATURES) -> pl.DataFrame:
+    """A pair-statistics parquet (`bot stats --out`): coin1, coin2 and the model's features."""
+    return _read_parquet_checked(path, ("coin1", "coin2", *features), "statistics", features)
 
 
 def _xy(frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from typing import Any
 
 import polars as pl
@@ -15,6 +16,8 @@ def register(sub: Any) -> None:
     r = sub.add_parser("reselect", help="re-select the traded pairs now (the scheduled job, by hand)")
     r.add_argument("--dry-run", action="store_true", help="print the decision table, change nothing")
     r.add_argument("--workers", type=int)
+    r.add_argument("--as-of", metavar="TIME", help="run as of this UTC ISO time (demo or imported data); "
+                   "default: now. The scheduler always runs as of now")
     r.set_defaults(func=cmd_reselect)
     j = sub.add_parser("jobs", help="scheduled jobs: next run and last result")
     j.set_defaults(func=cmd_jobs)
@@ -38,20 +41,23 @@ def print_report(rep: Any) -> None:
 
 
 def cmd_reselect(args: argparse.Namespace, cfg: BotConfig) -> int:
+    from bot.cli.backtest_cmd import _parse_time
     from bot.core.db.pool import open_database
     from bot.selection.reselect import ReselectError, reselect
+
+    as_of = _parse_time(args.as_of, None) if args.as_of else None
 
     async def run() -> Any:
         db = await open_database(cfg.database)
         try:
-            return await reselect(db, cfg, dry_run=args.dry_run, workers=args.workers)
+            return await reselect(db, cfg, dry_run=args.dry_run, workers=args.workers, now=as_of)
         finally:
             await db.close()
 
     try:
         rep = asyncio.run(run())
     except ReselectError as err:
-        print(f"error: re-selection failed, pairs unchanged: {err}")
+        print(f"error: re-selection failed, pairs and token_pairs.txt unchanged: {err}", file=sys.stderr)
         return 1
     print_report(rep)
     return 1 if rep.file_error else 0

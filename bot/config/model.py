@@ -126,6 +126,10 @@ class SelectionConfig(_Section):
     max_pairs: int = Field(8, ge=1)
     sort_key: str = "pr_rat_all"
     thresholds: SelectionThresholds = SelectionThresholds()
+    # input guards, checked before anything is committed (docs/selection.md, "Refusals")
+    max_data_age_h: float = Field(6.0, gt=0)
+    min_evaluated_share: float = Field(0.5, ge=0, le=1)
+    allow_empty: bool = False
 
 
 class ModelConfig(_Section):

@@ -189,7 +189,7 @@ async def test_file_write_failure_is_loud_and_repaired(db: Database, market, cfg
     assert "not written" in (await _last_run(db))["error"]
     path.rmdir()
     async with db.pool.acquire() as conn:
-        assert await sync_token_pairs_file(conn, path)  # what the next run does first
+        assert await sync_token_pairs_file(conn, path)  # the repair from the table
     assert path.read_text() == token_pairs_text(rows)
 
 

@@ -10,13 +10,12 @@ from typing import Any
 import asyncpg
 
 from bot.analysis.pair_selection import Decision
+from bot.core.db import positions
 from bot.core.db.codec import dumps
 
 RESELECT_LOCK = 0x626F745F72736C  # "bot_rsl"
 PAIR_COLS = ("token_1", "token_2", "tf", "wind", "spr_method", "thresh_in", "thresh_out", "open_method",
              "close_method", "dist_in", "dist_out", "params", "pred", "run_id")
-
-
 
 
 async def try_lock(conn: asyncpg.Connection) -> bool:
@@ -38,10 +37,8 @@ async def read_pairs(conn: asyncpg.Connection) -> list[dict[str, Any]]:
 
 
 async def open_position_pairs(conn: asyncpg.Connection) -> list[tuple[str, str]]:
-    """Pairs (as tokens) holding a position that is not closed."""
-    rows = await conn.fetch("SELECT DISTINCT token_1, token_2 FROM positions WHERE status <> 'closed'"
-                            " ORDER BY token_1, token_2")
-    return [(r["token_1"].removesuffix("_USDT"), r["token_2"].removesuffix("_USDT")) for r in rows]
+    """Pairs (as tokens) holding exposure (positions.EXPOSED_STATUSES), which stay selected."""
+    return await positions.exposed_pairs(conn)
 
 
 async def start_run(conn: asyncpg.Connection, dry_run: bool) -> int:
@@ -80,10 +77,11 @@ async def commit_selection(
               float(r["dist_out"]), dumps(r.get("params", {})), r.get("pred"), run_id) for r in pair_rows],
         )
         await conn.executemany(
-            "INSERT INTO selection_candidates (run_id, token_1, token_2, stats, pred, decision, reason)"
-            " VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7)",
+            "INSERT INTO selection_candidates (run_id, token_1, token_2, stats, pred, decision, reason, coverage)"
+            " VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, $8)",
             [(run_id, d.token_1, d.token_2, dumps(stats_by_pair.get((d.token_1, d.token_2), {})),
-              _pred(stats_by_pair.get((d.token_1, d.token_2), {})), d.decision, d.reason) for d in decisions],
+              _pred(stats_by_pair.get((d.token_1, d.token_2), {})), d.decision, d.reason,
+              _num(stats_by_pair.get((d.token_1, d.token_2), {}), "coverage")) for d in decisions],
         )
         n_sel = sum(d.decision in ("selected", "kept") for d in decisions)
         await conn.execute(
@@ -92,12 +90,20 @@ async def commit_selection(
             run_id, len(decisions), n_sel, dumps(details), details.get("model_sha256"))
         if before_commit is not None:
             await before_commit()
+
+
+async def notify_pairs_changed(conn: asyncpg.Connection) -> None:
+    """NOTIFY pairs_changed: sent by the job after token_pairs.txt is written."""
     await conn.execute("NOTIFY pairs_changed")
 
 
-def _pred(stats: dict[str, Any]) -> float | None:
-    v = stats.get("pred")
+def _num(stats: dict[str, Any], key: str) -> float | None:
+    v = stats.get(key)
     return float(v) if isinstance(v, int | float) and math.isfinite(v) else None
+
+
+def _pred(stats: dict[str, Any]) -> float | None:
+    return _num(stats, "pred")
 
 
 async def finish_dry_run(conn: asyncpg.Connection, run_id: int, n_candidates: int, n_selected: int,

@@ -1,0 +1,51 @@
+"""Input guards of the re-selection job: a run commits only on inputs fit to trade on.
+
+Checked before the commit (docs/selection.md, "Refusals"); a failing guard makes the
+run fail with its reason, and the pairs table and token_pairs.txt stay byte-identical:
+
+- freshness: the newest bar (of `strategy.tf`) of the candidates' symbols opens at
+  most `selection.max_data_age_h` hours before the run's time (`now`, or `--as-of`).
+  A recorder that was down, or data older than the train window, is refused here,
+  before any backtest runs;
+- coverage: evaluated / candidates >= `selection.min_evaluated_share`, where a
+  candidate is evaluated when its backtest ran (status ok; skipped and failed ones
+  are not), and a run with no candidate at all is refused;
+- empty: a selection of no pair while the pairs table holds rows is refused unless
+  `selection.allow_empty` is true (an empty table stops all trading).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+
+
+class Refusal(RuntimeError):
+    """Inputs unfit to commit on; the message is the recorded reason (one line)."""
+
+
+def check_freshness(newest_bar: dt.datetime | None, now: dt.datetime, max_age_h: float, tf: str) -> None:
+    if newest_bar is None:
+        raise Refusal(f"refused: no {tf} bar of the candidates' symbols before {now.isoformat()}"
+                      " (is the recorder running, or was the data imported?)")
+    age_h = (now - newest_bar).total_seconds() / 3600
+    if age_h > max_age_h:
+        raise Refusal(f"refused: stale data: the newest {tf} bar of the candidates' symbols opened at "
+                      f"{newest_bar.isoformat()}, {age_h:.1f} h before {now.isoformat()} "
+                      f"(selection.max_data_age_h = {max_age_h:g})")
+
+
+def check_coverage(statuses: Sequence[str], min_share: float) -> None:
+    n = len(statuses)
+    if n == 0:
+        raise Refusal("refused: no candidate pair to evaluate")
+    ok = sum(s == "ok" for s in statuses)
+    if ok / n < min_share:
+        raise Refusal(f"refused: only {ok} of {n} candidates evaluated ({ok / n:.0%}; the rest skipped or failed;"
+                      f" selection.min_evaluated_share = {min_share:g})")
+
+
+def check_not_emptied(n_selected: int, n_current: int, allow_empty: bool) -> None:
+    if n_selected == 0 and n_current > 0 and not allow_empty:
+        raise Refusal(f"refused: the selection is empty and would remove all {n_current} traded pairs"
+                      " (set selection.allow_empty: true to allow it)")

@@ -562,6 +562,16 @@ async def missing_bar_ranges(db: Any, symbols: Sequence[str], tf: str, start: An
         out[r["symbol"]].append((float(r["lo"]), float(r["hi"])))
     return out
 
+
+async def newest_bar_time(db: Any, symbols: Sequence[str], tf: str, before: Any) -> dt.datetime | None:
+    """Open time of the newest `tf` bar of any of `symbols` opening before `before` (None: no bar)."""
+    async with _pool_of(db).acquire() as conn:
+        value = await conn.fetchval(
+            "SELECT max(open_time) FROM bars WHERE tf = $1 AND symbol = ANY($2::text[]) AND open_time < $3",
+            tf, list(symbols), to_utc(before))
+    return None if value is None else to_utc(value)
+
+
 # ---------------------------------------------------------------- the notebook's load_data
 
 def _with_time(frame: pl.DataFrame) -> pl.DataFrame:

@@ -83,10 +83,15 @@ def create_zscore_df(
 
 async def load_data(token_1: str, token_2: str, start: Any, end: Any, tf: str, wind: int,
                     db: Any) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(tick_df, agg_df) of a pair from the database; see bot.core.db.market.load_pair_data."""
-    from bot.core.db.market import load_pair_data
+    """(tick_df, agg_df) of a pair from the database; see bot.core.db.market.load_pair_data.
 
-    return await load_pair_data(db, token_1, token_2, start, end, tf, wind)
+    `db` is the notebook's DBManager (connected here when this is its first call), a
+    Database, or an asyncpg pool."""
+    from bot.core.db.market import load_pair_data
+    from bot.core.db.postgres_manager import DBManager
+
+    source = await db.get_pool() if isinstance(db, DBManager) else db
+    return await load_pair_data(source, token_1, token_2, start, end, tf, wind)
 
 
 def get_open_time_stats(

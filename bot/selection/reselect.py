@@ -154,6 +154,8 @@ async def reselect(db: Any, cfg: BotConfig, *, dry_run: bool = False, now: dt.da
                 if isinstance(err, Exception):
                     raise ReselectError(msg) from err
                 raise
+            if "before_file" in hooks:
+                await hooks["before_file"]()
             try:
                 atomic_write_text(file_path, token_pairs_text(report.pairs))
             except OSError as err:

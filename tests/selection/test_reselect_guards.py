@@ -27,6 +27,16 @@ from bot.selection.reselect import ReselectError, reselect, token_pairs_text
 pytestmark = [pytest.mark.db, pytest.mark.asyncio(loop_scope="session")]
 
 
+def inproc(tasks, progress=None):
+    """The pair tasks run in this process (no worker start-up: these tests are about the guards)."""
+    out = []
+    for _t1, _t2, fn in tasks:
+        out.append(fn())
+        if progress is not None:
+            progress(out[-1])
+    return out
+
+
 @pytest.fixture(scope="module")
 def market():
     return generate(n_symbols=8, days=10, quote_interval_s=300.0, seed=11)
@@ -62,7 +72,7 @@ async def _last_run(db: Database) -> dict:
 
 
 async def _known_state(db: Database, cfg, market) -> tuple[list, bytes | None]:
-    rep = await reselect(db, cfg, now=market.end)
+    rep = await reselect(db, cfg, now=market.end, executor=inproc)
     assert rep.status == "ok" and rep.pairs
     snap = await _snapshot(db, cfg)
     assert snap[0] and snap[1]
@@ -71,7 +81,7 @@ async def _known_state(db: Database, cfg, market) -> tuple[list, bytes | None]:
 
 async def _refused(db: Database, cfg, before, now, *words: str) -> str:
     with pytest.raises(ReselectError) as info:
-        await reselect(db, cfg, now=now)
+        await reselect(db, cfg, now=now, executor=inproc)
     assert await _snapshot(db, cfg) == before  # table and file byte-identical
     last = await _last_run(db)
     assert last["status"] == "failed"
@@ -92,7 +102,7 @@ async def test_stale_data_is_refused_and_nothing_changes(db: Database, market, c
     # within the limit it runs
     fresh = cfg.model_copy(update={"selection": cfg.selection.model_copy(update={"max_data_age_h": 24 * 31})})
     with pytest.raises(ReselectError, match="evaluated"):  # the next guard: nothing could be evaluated
-        await reselect(db, fresh, now=market.end + dt.timedelta(days=30))
+        await reselect(db, fresh, now=market.end + dt.timedelta(days=30), executor=inproc)
     assert await _snapshot(db, cfg) == before
 
 
@@ -109,7 +119,7 @@ async def test_low_coverage_is_refused(db: Database, market, cfg) -> None:
     err = await _refused(db, cfg, before, market.end, "only 1 of 4 candidates evaluated")
     assert "min_evaluated_share" in err
     lenient = cfg.model_copy(update={"selection": cfg.selection.model_copy(update={"min_evaluated_share": 0.25})})
-    rep = await reselect(db, lenient, now=market.end)
+    rep = await reselect(db, lenient, now=market.end, executor=inproc)
     assert rep.status == "ok"
 
 
@@ -119,12 +129,12 @@ async def test_empty_selection_is_refused_unless_allowed(db: Database, market, c
         "thresholds": cfg.selection.thresholds.model_copy(update={"pr_rat_all": 1e9})})})
     await _refused(db, strict, before, market.end, "selection is empty", "allow_empty")
     allowed = strict.model_copy(update={"selection": strict.selection.model_copy(update={"allow_empty": True})})
-    rep = await reselect(db, allowed, now=market.end)
+    rep = await reselect(db, allowed, now=market.end, executor=inproc)
     assert rep.status == "ok" and rep.pairs == []
     rows, text = await _snapshot(db, cfg)
     assert rows == [] and text == b""
     # an empty table may stay empty without allow_empty (nothing is removed)
-    rep = await reselect(db, strict, now=market.end)
+    rep = await reselect(db, strict, now=market.end, executor=inproc)
     assert rep.status == "ok" and rep.pairs == []
 
 
@@ -145,7 +155,7 @@ async def test_only_exposed_positions_reserve_tokens(db: Database, market, cfg) 
         for status, kept_pair in (("intent", False), ("failed", False), ("orders_sent", True)):
             async with db.pool.acquire() as conn:
                 await conn.execute("UPDATE positions SET status = $1", status)
-            rep = await reselect(db, strict, now=market.end)
+            rep = await reselect(db, strict, now=market.end, executor=inproc)
             reasons = {(d.token_1, d.token_2): d.reason for d in rep.decisions}
             assert (reasons.get((a, b)) == "kept: open position") == kept_pair, status
             assert [(r["token_1"], r["token_2"]) for r in rep.pairs] == ([(f"{a}_USDT", f"{b}_USDT")] if kept_pair else [])
@@ -171,7 +181,9 @@ async def test_notification_arrives_after_the_file_is_final(db: Database, market
     await listener.add_listener("pairs_changed", lambda *a: seen.append(path.read_text()))
     try:
         strict = cfg.model_copy(update={"selection": cfg.selection.model_copy(update={"max_pairs": 1})})
-        rep = await reselect(db, strict, now=market.end)
+        # a slow disk: a notification sent before the file is written would be seen now
+        rep = await reselect(db, strict, now=market.end, executor=inproc,
+                             hooks={"before_file": lambda: asyncio.sleep(0.3)})
         for _ in range(50):
             if seen:
                 break

@@ -8,7 +8,9 @@ compute the same numbers. All amounts are in USDT; quantities in base units.
 - usdt_neutral: (N, N); vol_neutral: (2N s2/(s1+s2), 2N s1/(s1+s2));
   beta_neutral: (2N/(1+|b|), 2N|b|/(1+|b|)).
 - qty = n * step with n = floor(notional / (price * step) + 1e-9), rounded to the
-  step's decimals (so 454.8 stays 454.8, never 454.79999999999995).
+  step's decimals (so 454.8 stays 454.8, never 454.79999999999995): `qty_decimal`
+  exactly in Decimal (orders), `round_qty` in floats (the backtester; equal to it
+  but within 6.7e-16 x of x = k - 1e-9, x = notional / (price * step), k an integer).
 - fee per fill = fee_rate * price * qty; profit_i = side_i (close_i - open_i) qty_i
   - fees_i + funding_i.
 - funding: for each funding time t_f with open_ts < t_f <= close_ts, a long leg pays
@@ -19,7 +21,7 @@ compute the same numbers. All amounts are in USDT; quantities in base units.
 from __future__ import annotations
 
 import math
-from decimal import Decimal
+from decimal import Decimal, Inexact, localcontext
 
 import numpy as np
 from numba import njit
@@ -36,23 +38,63 @@ def step_decimals(step: float) -> int:
     return max(0, -exp)
 
 
-def qty_decimal(notional: Decimal | float | str, price: Decimal | float | str, step: Decimal | float | str) -> Decimal:
-    """Decimal-exact order quantity: floor(notional / (price * step) + 1e-9) * step.
+_TOLERANCE = Decimal("1e-9")
 
-    For orders that leave the bot (the exchange adapters); equals :func:`round_qty`
-    wherever the quantity has at most 15 significant digits (every real order).
+
+def _as_decimal(v: Decimal | float | int | str) -> Decimal:
+    """A number as written: a float through its repr (0.3 -> Decimal('0.3'), not 0.29999...)."""
+    return Decimal(repr(v)) if isinstance(v, float) else Decimal(v)
+
+
+def qty_decimal(notional: Decimal | float | int | str, price: Decimal | float | int | str,
+                step: Decimal | float | int | str) -> Decimal:
+    """The order quantity of strategy.md section 5, exactly: n * step with
+    n = floor(notional / (price * step) + 1e-9).
+
+    Computed in Decimal on the numbers as written (floats through repr), without
+    rounding: n = (notional + 1e-9 * price * step) // (price * step). The result is
+    quantized to the step's decimals (454.8 stays 454.8; a step of 10 gives 1230,
+    not 1.23E+3). A non-positive or non-finite notional or price gives 0 (no order);
+    a step that is not a positive finite number is a ValueError. The one
+    implementation of the rule: the order path (`rounding.qty_for_notional`) calls
+    it, and it is the reference of the backtester's compiled :func:`round_qty`.
     """
-    d_not, d_px, d_step = (Decimal(repr(v)) if isinstance(v, float) else Decimal(v) for v in (notional, price, step))
-    if d_px <= 0 or d_step <= 0 or d_not <= 0:
-        return Decimal(0) * d_step
-    n = int((d_not / (d_px * d_step) + Decimal("1e-9")).to_integral_value(rounding="ROUND_FLOOR"))
-    return (d_step * max(n, 0)).quantize(d_step.normalize()) if n > 0 else Decimal(0)
+    d_not, d_px, d_step = _as_decimal(notional), _as_decimal(price), _as_decimal(step)
+    if not (d_step.is_finite() and d_step > 0):
+        raise ValueError(f"qty step must be a positive number (got {step!r})")
+    exp = d_step.normalize().as_tuple().exponent
+    assert isinstance(exp, int)
+    quantum = Decimal(1).scaleb(min(0, exp))  # the step's last decimal; 1 for 10, 25
+    if not (d_not.is_finite() and d_px.is_finite() and d_not > 0 and d_px > 0):
+        return Decimal(0).quantize(quantum)
+    with localcontext() as ctx:
+        # exact: products and sums of the inputs' digits fit, an integer part of up to 200 digits too
+        ctx.prec = 200
+        ctx.traps[Inexact] = True
+        unit = d_px * d_step  # the value of one step
+        n = (d_not + _TOLERANCE * unit) // unit
+        return (n * d_step).quantize(quantum)
 
 
 @njit(cache=True)
 def round_qty(notional: float, price: float, step: float, decimals: int) -> float:
-    """Largest multiple of `step` whose value at `price` does not exceed `notional`."""
-    if not (price > 0.0) or not (notional > 0.0):
+    """The float twin of :func:`qty_decimal` for the compiled backtester:
+    n = floor(notional / (price * step) + 1e-9), qty = round(n * step, decimals)
+    (`decimals` = step_decimals(step)); 0 for a non-positive or non-finite notional or price.
+
+    Equal to float(qty_decimal(notional, price, step)) except where float arithmetic
+    cannot tell. Let x = notional / (price * step) on the numbers as written and
+    u = 2^-53. The float quotient is within 5u x of x (each input's nearest double, the
+    product, the division: one rounding each) and adding 1e-9 rounds once more (u x),
+    so n differs, by one, only if x + 1e-9 lies within 6u x + 1e-24 (6.7e-16 x) of
+    an integer k (tested: tests/analysis/test_backtest.py). For x < 7.5e5 steps this
+    band holds neither k nor k's float noise (|x - k| <= 6u x): it takes a quotient
+    like 999.999999999, 1e-9 below an integer to 12 digits. From 1.5e6 steps on,
+    1e-9 is below the float error, and a notional computed in floats as k steps can
+    floor to k - 1. The quantity (n * step to the step's decimals) is the nearest
+    double of the decimal n * step while n * step * 10^decimals < 2^51.
+    """
+    if not (price > 0.0) or not (notional > 0.0) or math.isinf(notional) or math.isinf(price):
         return 0.0
     n = math.floor(notional / (price * step) + 1e-9)
     if n <= 0:

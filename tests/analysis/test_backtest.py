@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from decimal import Decimal
+from decimal import Decimal, localcontext
 
 import numpy as np
 import polars as pl
@@ -118,24 +118,80 @@ def test_missing_columns_are_clear_errors() -> None:
         backtest(df.reverse(), "A", "B", 0.1, 0.1)
 
 
-@settings(max_examples=300, deadline=None)
-@given(
-    notional=st.floats(1.0, 1e6),
-    price=st.floats(1e-6, 1e5),
-    step_exp=st.integers(-6, 3),
-    step_mant=st.sampled_from([1, 2, 5]),
-)
-def test_quantities_are_exact_multiples_of_the_step(notional: float, price: float, step_exp: int, step_mant: int) -> None:
-    step = float(Decimal(step_mant).scaleb(step_exp))
-    assume(notional / price / step < 1e13)  # float64 holds 15 significant digits; real orders are far below
+U = 2.0 ** -53
+# qty steps m * 10^k: 0.000001 .. 1000, and 0.5, 5, 25, 0.02, ...
+FLOAT_STEPS = sorted({float(Decimal(m).scaleb(k)) for m in (1, 2, 5, 25) for k in range(-6, 4)})
+
+
+def _quotient(notional: float, price: float, step: float) -> Decimal:
+    """x = notional / (price * step) on the numbers as written, to 60 digits."""
+    with localcontext() as ctx:
+        ctx.prec = 60
+        return Decimal(repr(notional)) / (Decimal(repr(price)) * Decimal(repr(step)))
+
+
+def _in_band(notional: float, price: float, step: float) -> bool:
+    """Whether x + 1e-9 is within fills.round_qty's documented 6u x + 1e-24 of an integer."""
+    with localcontext() as ctx:
+        ctx.prec = 60
+        y = _quotient(notional, price, step) + Decimal("1e-9")
+        return abs(y - y.to_integral_value()) <= 6 * Decimal(U) * y + Decimal("1e-24")
+
+
+def _check_float_kernel(notional: float, price: float, step: float) -> bool:
+    """round_qty == float(qty_decimal) outside the band; inside it, one step apart at most.
+    Returns whether the two differ."""
+    q = round_qty(notional, price, step, step_decimals(step))
+    exact = qty_decimal(notional, price, step)
+    if q == float(exact):
+        return False
+    assert _in_band(notional, price, step), (notional, price, step, q, exact)
+    assert abs(Decimal(repr(q)) - exact) == Decimal(repr(step))
+    return True
+
+
+@settings(max_examples=500, deadline=None)
+@given(notional=st.floats(1.0, 1e6), price=st.floats(1e-6, 1e6), step=st.sampled_from(FLOAT_STEPS))
+def test_float_quantities_equal_the_decimal_formula(notional: float, price: float, step: float) -> None:
+    assume(_quotient(notional, price, step) < 1e12)  # up to 10^12 steps: every real order
     q = round_qty(notional, price, step, step_decimals(step))
     dq, ds = Decimal(repr(q)), Decimal(repr(step))
     assert dq % ds == 0
     assert q * price <= notional * (1 + 1e-9)
     assert (q + step) * price > notional * (1 - 1e-9)
-    # the spec's float formula and the exact Decimal one agree but at exact boundaries,
-    # where float rounding of price * step can lose one step (never more)
-    assert abs(qty_decimal(notional, price, step) - dq) <= ds
+    _check_float_kernel(notional, price, step)
+
+
+@settings(max_examples=500, deadline=None)
+@given(k=st.integers(1, 10 ** 12), price=st.floats(1e-6, 1e6), step=st.sampled_from(FLOAT_STEPS),
+       below=st.booleans(), t=st.floats(-12.0, 12.0))
+def test_float_quantities_near_step_boundaries(k: int, price: float, step: float, below: bool, t: float) -> None:
+    # quotients at k + t u k (float noise around a whole number of steps) and at k - 1e-9 + t u k
+    # (the spec's tolerance edge): the float kernel leaves the Decimal formula only inside the band
+    with localcontext() as ctx:
+        ctx.prec = 60
+        x = Decimal(k) + Decimal(t) * Decimal(U) * k - (Decimal("1e-9") if below else 0)
+        notional = float(x * Decimal(repr(price)) * Decimal(repr(step)))
+    assume(1.0 <= notional <= 1e6)
+    differs = _check_float_kernel(notional, price, step)
+    if not below and k < 7.5e5:
+        assert not differs  # float noise of a whole number of steps never loses one below 7.5e5 steps
+
+
+def test_float_and_decimal_disagree_only_in_the_band() -> None:
+    # x = 4593.999999998999...: x + 1e-9 is 1e-12 below 4594, inside 6u x = 3e-12; the float
+    # quotient lands above the integer (4594 steps), the exact one below (4593)
+    args = (2.7313626999994045, 594.55, 1e-06)
+    assert _in_band(*args) and round_qty(*args, 6) == 0.004594 and qty_decimal(*args) == Decimal("0.004593")
+    # just outside the band, equal (same k with x + 1e-9 a further 1e-11 below the integer)
+    assert not _in_band(2.7313626999400000, 594.55, 1e-06)
+    assert round_qty(2.7313626999400000, 594.55, 1e-06, 6) == float(qty_decimal(2.7313626999400000, 594.55, 1e-06))
+
+
+def test_float_quantity_regression_and_no_drift() -> None:
+    # 29.999999999999996 USDT at 0.3 is 1000 steps of 0.1 up to float noise: both formulas give 100.0
+    assert round_qty(29.999999999999996, 0.3, 0.1, 1) == 100.0 == float(qty_decimal(29.999999999999996, 0.3, 0.1))
+    assert qty_decimal(29.999999999999996, 0.3, 0.1) == Decimal("100.0")
 
 
 def test_no_float_drift_in_quantities() -> None:

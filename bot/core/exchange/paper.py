@@ -4,6 +4,8 @@ top of book with taker fees and the same rounding rules as the venue.
 - Buy at the ask, sell at the bid of the latest quote fed in (`on_quote`).
 - qty must be a positive multiple of qtyStep, >= minOrderQty, <= maxMktOrderQty, and
   qty * price >= minNotionalValue: else OrderRejected 10001 (Bybit's "params error").
+  The caller sizes it as for the venue, with `rounding.qty_for_notional` (the
+  backtester's formula, `fills.qty_decimal`); the paper exchange never resizes it.
 - Margin: notional / leverage must fit the free balance: else OrderRejected 110007.
 - reduce_only that would grow or flip the position: OrderRejected 110017.
 - One fill per orderLinkId: placing the same link id again returns the first fill

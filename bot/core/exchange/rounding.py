@@ -1,7 +1,13 @@
 """Decimal-exact order quantities and prices, and deterministic order link ids.
 
-- qty: floor(notional / (price * qtyStep)) * qtyStep, computed in Decimal (no float
-  drift: 454.8 stays 454.8), then capped by maxMktOrderQty (rounded down to the step).
+- qty: n * qtyStep with n = floor(notional / (price * qtyStep) + 1e-9), the spec's
+  formula (strategy.md section 5), computed exactly in Decimal by
+  `bot.analysis.fills.qty_decimal` (the one implementation, shared with the
+  backtester's reference; no float drift: 454.8 stays 454.8), then capped by
+  maxMktOrderQty (rounded down to the step). The 1e-9 lets a notional that is a
+  whole number of steps up to float noise (29.999999999999996 at 0.3 x 0.1) buy
+  them all; the quantity's value then exceeds the notional by at most
+  1e-9 * price * qtyStep.
 - price: rounded to tickSize, down for buys and up for sells when `protective`
   is False (never worse than asked), or to the nearest tick.
 - orderLinkId: `b-<position>-<leg>-<action>-<hash>`, at most 36 characters, the
@@ -15,6 +21,8 @@ import hashlib
 import math
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
 
+from bot.analysis.fills import qty_decimal
+
 MAX_LINK_ID = 36
 
 
@@ -27,6 +35,13 @@ def to_decimal(value: Decimal | float | int | str) -> Decimal:
     return Decimal(value)
 
 
+def _quantum(step: Decimal) -> Decimal:
+    """1 at the step's last decimal (0.10 -> 0.1, 25 -> 1, 1E+1 -> 1: integers stay plain)."""
+    exp = step.normalize().as_tuple().exponent
+    assert isinstance(exp, int)
+    return Decimal(1).scaleb(min(0, exp))
+
+
 def round_qty(qty: Decimal | float | str, step: Decimal | float | str,
               max_qty: Decimal | float | str | None = None) -> Decimal:
     """`qty` rounded DOWN to a multiple of `step` (and capped at `max_qty`)."""
@@ -34,7 +49,7 @@ def round_qty(qty: Decimal | float | str, step: Decimal | float | str,
     if s <= 0:
         raise ValueError(f"qty step must be positive (got {s})")
     n = (q / s).to_integral_value(rounding=ROUND_FLOOR)
-    out = (n * s).quantize(s.normalize()) if n > 0 else Decimal(0)
+    out = (n * s).quantize(_quantum(s)) if n > 0 else Decimal(0)
     if max_qty is not None:
         cap = round_qty(max_qty, s)
         out = min(out, cap)
@@ -42,12 +57,19 @@ def round_qty(qty: Decimal | float | str, step: Decimal | float | str,
 
 
 def qty_for_notional(notional: Decimal | float | str, price: Decimal | float | str,
-                     step: Decimal | float | str) -> Decimal:
-    """The largest multiple of `step` whose value at `price` does not exceed `notional`."""
+                     step: Decimal | float | str, max_qty: Decimal | float | str | None = None) -> Decimal:
+    """The order quantity for `notional` USDT at `price`: `fills.qty_decimal`, i.e.
+    n * step with n = floor(notional / (price * step) + 1e-9), capped at `max_qty`
+    (maxMktOrderQty) rounded down to the step. A price that is not positive is a
+    ValueError (an order is never sized at no price); a non-positive notional gives 0.
+    """
     p = to_decimal(price)
-    if p <= 0:
+    if not p > 0:
         raise ValueError(f"price must be positive (got {p})")
-    return round_qty(to_decimal(notional) / p, step)
+    out = qty_decimal(to_decimal(notional), p, to_decimal(step))
+    if max_qty is not None:
+        out = min(out, round_qty(max_qty, step))
+    return out
 
 
 def round_price(price: Decimal | float | str, tick: Decimal | float | str, side: str | None = None) -> Decimal:

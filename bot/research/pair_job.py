@@ -21,6 +21,7 @@ import polars as pl
 
 from bot.analysis import estimators as est
 from bot.analysis.backtesting import SizingParams, TickArrays, run_backtest
+from bot.analysis.coverage import quote_coverage
 from bot.analysis.open_time_features import open_time_features
 from bot.analysis.signals import SignalParams
 from bot.analysis.strategy_analysis import analyze_strategy
@@ -31,7 +32,7 @@ from bot.research.params import ParamSet
 STATS_COLUMNS = (
     "coin1", "coin2", "std_1", "std_2", "corr", "dist", "std", "pv_1", "pv_2", "pr_ind", "pr_rat_ind",
     "avg_pr_all", "pr_rat_all", "pr_best", "pr_rat_best", "loss_best", "max_drdn_best", "dur_best",
-    "trades_best", "best_param_id", "pr_test", "pr_rat_test", "loss_test", "max_drdn_test", "dur_test",
+    "trades_best", "coverage", "best_param_id", "pr_test", "pr_rat_test", "loss_test", "max_drdn_test", "dur_test",
     "trades_test",
 )
 MIN_TRAIN_BARS_EXTRA = 24  # bars beyond the largest window needed before valid_time
@@ -60,6 +61,7 @@ class PairInput:
     min_notional_2: float = 0.0
     bars_only: bool = False
     refs: dict[str, np.ndarray] = field(default_factory=dict)
+    is_quote: np.ndarray | None = None  # per tick: a quote tick (True) or a bar-close tick; None: all one kind
 
 
 @dataclass
@@ -148,7 +150,9 @@ def run_pair(
     std_1, std_2 = est.daily_return_std(inp.bar_ts[tb], l1), est.daily_return_std(inp.bar_ts[tb], l2)
     dist, dist_std = est.distance(l1, l2)
     stats: dict[str, Any] = dict.fromkeys(STATS_COLUMNS)
+    is_quote = inp.is_quote if inp.is_quote is not None else np.full(inp.tick_ts.shape, not inp.bars_only)
     stats.update(coin1=inp.token_1, coin2=inp.token_2, std_1=std_1, std_2=std_2,
+                 coverage=quote_coverage(inp.tick_ts, is_quote, inp.train_start, inp.valid_time, tf_s),
                  corr=est.corr(np.diff(l1), np.diff(l2)), dist=dist, std=dist_std,
                  pv_1=est.engle_granger(l1, l2).pvalue, pv_2=est.engle_granger(l2, l1).pvalue)
     sizing = _sizing(inp, strategy, std_1, std_2)

@@ -41,6 +41,9 @@ from bot.research.params import ParamSet, default_params, sample_params
 log = logging.getLogger(__name__)
 
 
+FEATURE_HISTORY = dt.timedelta(days=180)  # the open-time features' *_180d look-back (selection.md section 3)
+
+
 class SkipPair(Exception):
     """A pair that cannot run; the message is the recorded reason."""
 
@@ -66,7 +69,8 @@ class SweepReport:
 
 async def load_input(db: Any, cfg: BotConfig, t1: str, t2: str, train_start: dt.datetime, valid: dt.datetime,
                      end: dt.datetime, max_wind: int, info: dict[str, Any], assume_instruments: bool,
-                     bars_long: pl.DataFrame | None = None, quotes_long: pl.DataFrame | None = None) -> PairInput:
+                     bars_long: pl.DataFrame | None = None, quotes_long: pl.DataFrame | None = None,
+                     history: dt.timedelta | None = None) -> PairInput:
     s = cfg.strategy
     metas = []
     for t in (t1, t2):
@@ -75,10 +79,12 @@ async def load_input(db: Any, cfg: BotConfig, t1: str, t2: str, train_start: dt.
             raise SkipPair(f"no instrument info for {t}")
         metas.append(meta)
     tick_df, agg = await load_pair_data(db, t1, t2, train_start, end, s.tf, max_wind, cfg.data.reference_symbols,
-                                        bars_long, quotes_long, half_spread=s.half_spread_bp * 1e-4)
+                                        bars_long, quotes_long, half_spread=s.half_spread_bp * 1e-4,
+                                        history=history)
     if agg.height == 0 or tick_df.height == 0:
         raise SkipPair(f"no data for {t1}/{t2} in the window (unknown token or no history)")
-    bars_only = tick_df[f"{t1}_bid_size"].null_count() == tick_df.height
+    is_quote = tick_df[f"{t1}_bid_size"].is_not_null().to_numpy()
+    bars_only = not bool(is_quote.any())
     bid_1, ask_1 = tick_df[f"{t1}_bid_price"].to_numpy(), tick_df[f"{t1}_ask_price"].to_numpy()
     bid_2, ask_2 = tick_df[f"{t2}_bid_price"].to_numpy(), tick_df[f"{t2}_ask_price"].to_numpy()
     steps = [m["qty_step"] if m else assumed_qty_step(float(agg[t][0])) for m, t in zip(metas, (t1, t2), strict=True)]
@@ -90,7 +96,7 @@ async def load_input(db: Any, cfg: BotConfig, t1: str, t2: str, train_start: dt.
         valid.timestamp(), end.timestamp(), steps[0], steps[1],
         metas[0]["min_qty"] if metas[0] else None, metas[1]["min_qty"] if metas[1] else None,
         (metas[0]["min_notional"] or 0.0) if metas[0] else 0.0, (metas[1]["min_notional"] or 0.0) if metas[1] else 0.0,
-        bars_only, refs,
+        bars_only, refs, None if bars_only or bool(is_quote.all()) else is_quote,
     )
 
 
@@ -148,7 +154,9 @@ async def run_sweep(
         info = (await coin_information(db))["bybit_linear"]
         # every pair's bars (and the reference symbols') in one query
         tokens = sorted({t for pair in pairs for t in pair} | set(cfg.data.reference_symbols))
-        warm = dt.timedelta(seconds=tf_seconds(cfg.strategy.tf) * max_wind)
+        # the z windows' warm-up, and the open-time features' 180 days (bounded by what exists)
+        history = FEATURE_HISTORY if with_features else None
+        warm = max(dt.timedelta(seconds=tf_seconds(cfg.strategy.tf) * max_wind), history or dt.timedelta(0))
         bars_long = await read_bars(db, [symbol_of(t) for t in tokens], cfg.strategy.tf,
                                     to_utc(train_start) - warm, to_utc(end_time))
         # and every pair token's quotes once (each token is in many pairs)
@@ -159,7 +167,7 @@ async def run_sweep(
         for t1, t2 in pairs:
             try:
                 inp = await load_input(db, cfg, t1, t2, to_utc(train_start), to_utc(valid_time), to_utc(end_time),
-                                       max_wind, info, assume_instruments, bars_long, quotes_long)
+                                       max_wind, info, assume_instruments, bars_long, quotes_long, history)
             except SkipPair as why:
                 log.warning("skipping %s/%s: %s", t1, t2, why)
                 skipped.append(PairOutcome(t1, t2, "skipped", str(why)))

@@ -592,28 +592,68 @@ def bars_wide(long: pl.DataFrame, tokens: Sequence[str]) -> pl.DataFrame:
     return _with_time(out.sort("ts")).select(["time", "ts", *tokens])
 
 
+def bar_close_ticks(agg: pl.DataFrame, tokens: Sequence[str], half_spread: float) -> pl.DataFrame:
+    """Bars-only ticks (strategy.md section 1): one per bar, stamped at the bar's open time,
+    bid/ask = close (1 -/+ half_spread), sizes null (which marks them as bar ticks)."""
+    return agg.select(
+        "time", "ts",
+        *[e for tok in tokens for e in (
+            pl.col(tok),
+            pl.lit(None, dtype=pl.Float64).alias(f"{tok}_size"),
+            (pl.col(tok) * (1 - half_spread)).alias(f"{tok}_bid_price"),
+            (pl.col(tok) * (1 + half_spread)).alias(f"{tok}_ask_price"),
+            pl.lit(None, dtype=pl.Float64).alias(f"{tok}_bid_size"),
+            pl.lit(None, dtype=pl.Float64).alias(f"{tok}_ask_size"),
+        )],
+    )
+
+
+def _quote_ticks(quotes: pl.DataFrame, t1: str, t2: str) -> pl.DataFrame:
+    legs = []
+    for tok in (t1, t2):
+        q = quotes.filter(pl.col("symbol") == symbol_of(tok))
+        legs.append(q.select(
+            "ts",
+            ((pl.col("bid_price") + pl.col("ask_price")) / 2).alias(tok),
+            ((pl.col("bid_size") + pl.col("ask_size")) / 2).alias(f"{tok}_size"),
+            pl.col("bid_price").alias(f"{tok}_bid_price"),
+            pl.col("ask_price").alias(f"{tok}_ask_price"),
+            pl.col("bid_size").alias(f"{tok}_bid_size"),
+            pl.col("ask_size").alias(f"{tok}_ask_size"),
+        ))
+    ticks = _with_time(legs[0].join(legs[1], on="ts", how="inner").sort("ts"))
+    return ticks.select(["time", "ts"] + [c for c in ticks.columns if c not in ("time", "ts")])
+
+
 async def load_pair_data(db: Any, token_1: str, token_2: str, start: Any, end: Any, tf: str, wind: int,
                          reference_tokens: Sequence[str] = ("BTC", "ETH", "SOL"),
                          bars_long: pl.DataFrame | None = None,
                          quotes_long: pl.DataFrame | None = None,
-                         half_spread: float = 1e-4) -> tuple[pl.DataFrame, pl.DataFrame]:
+                         half_spread: float = 1e-4,
+                         history: dt.timedelta | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(tick_df, agg_df) in the notebook's layout.
 
-    tick_df: quotes of both tokens with start <= ts < end, inner-aligned on ts;
-    columns `time`, `ts` (int s) and per token T: `T` (mid), `T_size` (mean of bid and
-    ask size), `T_bid_price`, `T_ask_price`, `T_bid_size`, `T_ask_size`. When no quotes
-    exist (imported candles), tick_df is bars-only: each bar close is a tick stamped
-    at the bar's open time with bid/ask = close (1 -/+ half_spread) (default 1 bp)
-    and sizes null.
-    agg_df: bars with open time in [start - wind * tf, end): `time`, `ts`, and the
-    bar close per token (the pair's tokens inner-aligned; reference tokens
-    BTC/ETH/SOL left-joined when present). `bars_long` (a read_bars frame covering the
-    window for these symbols) saves the bar query when many pairs are loaded, and
-    `quotes_long` (a read_quotes frame) the quote queries.
+    tick_df: the ticks of [start, end), sorted by ts; columns `time`, `ts` (int s) and
+    per token T: `T` (mid), `T_size` (mean of bid and ask size), `T_bid_price`,
+    `T_ask_price`, `T_bid_size`, `T_ask_size`. Quote ticks are the two tokens' quotes
+    inner-aligned on ts. Every bar of the window in which the pair has no quote tick
+    gets a bar-close tick instead (strategy.md section 1, bars-only mode: stamped at the
+    bar's open time, bid/ask = close (1 -/+ half_spread), default 1 bp, sizes null), so
+    partial quote coverage (a recorder that started late or was down) still trades the
+    whole window and the metrics' denominator is honest; no quotes at all is the
+    bars-only extreme of the same rule. `quote_coverage` measures the share
+    (docs/strategy.md, "Partial quote coverage").
+    agg_df: bars with open time in [start - max(wind * tf, history), end): `time`, `ts`,
+    and the bar close per token (the pair's tokens inner-aligned; reference tokens
+    BTC/ETH/SOL left-joined when present). `history` (e.g. 180 days for the open-time
+    features) loads more of the past than the z windows need. `bars_long` (a read_bars
+    frame covering the window for these symbols) saves the bar query when many pairs
+    are loaded, and `quotes_long` (a read_quotes frame) the quote queries.
     """
     t1, t2 = token_of(token_1), token_of(token_2)
     lo, hi = to_utc(start), to_utc(end)
-    warm = dt.timedelta(seconds=tf_seconds(tf) * int(wind))
+    tf_s = tf_seconds(tf)
+    warm = max(dt.timedelta(seconds=tf_s * int(wind)), history or dt.timedelta(0))
     refs = [r for r in reference_tokens if r not in (t1, t2)]
     wanted = [symbol_of(t) for t in (t1, t2, *refs)]
     if bars_long is not None:
@@ -633,32 +673,16 @@ async def load_pair_data(db: Any, token_1: str, token_2: str, start: Any, end: A
                                     & (pl.col("ts") >= lo.timestamp()) & (pl.col("ts") < hi.timestamp()))
     else:
         quotes = await read_quotes(db, [symbol_of(t1), symbol_of(t2)], lo, hi)
-    if quotes.height == 0:
-        log.info("no quotes for %s/%s in range: bars-only mode", t1, t2)
-        ticks = agg.filter(pl.col("time") >= lo).select(
-            "time", "ts",
-            *[e for tok in (t1, t2) for e in (
-                pl.col(tok),
-                pl.lit(None, dtype=pl.Float64).alias(f"{tok}_size"),
-                (pl.col(tok) * (1 - half_spread)).alias(f"{tok}_bid_price"),
-                (pl.col(tok) * (1 + half_spread)).alias(f"{tok}_ask_price"),
-                pl.lit(None, dtype=pl.Float64).alias(f"{tok}_bid_size"),
-                pl.lit(None, dtype=pl.Float64).alias(f"{tok}_ask_size"),
-            )],
-        )
-        return ticks, agg
-    legs = []
-    for tok in (t1, t2):
-        q = quotes.filter(pl.col("symbol") == symbol_of(tok))
-        legs.append(q.select(
-            "ts",
-            ((pl.col("bid_price") + pl.col("ask_price")) / 2).alias(tok),
-            ((pl.col("bid_size") + pl.col("ask_size")) / 2).alias(f"{tok}_size"),
-            pl.col("bid_price").alias(f"{tok}_bid_price"),
-            pl.col("ask_price").alias(f"{tok}_ask_price"),
-            pl.col("bid_size").alias(f"{tok}_bid_size"),
-            pl.col("ask_size").alias(f"{tok}_ask_size"),
-        ))
-    ticks = _with_time(legs[0].join(legs[1], on="ts", how="inner").sort("ts"))
-    cols = ["time", "ts"] + [c for c in ticks.columns if c not in ("time", "ts")]
-    return ticks.select(cols), agg
+    window_bars = agg.filter(pl.col("time") >= lo)
+    qticks = _quote_ticks(quotes, t1, t2) if quotes.height else None
+    if qticks is None or qticks.height == 0:
+        log.debug("no quotes for %s/%s in range: bars-only mode", t1, t2)
+        return bar_close_ticks(window_bars, (t1, t2), half_spread), agg
+    covered = qticks.select((pl.col("ts") // tf_s * tf_s).unique().alias("ts"))
+    gaps = window_bars.join(covered, on="ts", how="anti")
+    if gaps.height == 0:
+        return qticks, agg
+    ticks = pl.concat([qticks, bar_close_ticks(gaps, (t1, t2), half_spread).select(qticks.columns)],
+                      how="vertical_relaxed").sort("ts", maintain_order=True)
+    log.debug("%s/%s: %d of %d bars without quotes get bar-close ticks", t1, t2, gaps.height, window_bars.height)
+    return ticks, agg

@@ -82,16 +82,19 @@ def create_zscore_df(
 
 
 async def load_data(token_1: str, token_2: str, start: Any, end: Any, tf: str, wind: int,
-                    db: Any) -> tuple[pl.DataFrame, pl.DataFrame]:
+                    db: Any, history_days: float = 0.0) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(tick_df, agg_df) of a pair from the database; see bot.core.db.market.load_pair_data.
 
     `db` is the notebook's DBManager (connected here when this is its first call), a
-    Database, or an asyncpg pool."""
+    Database, or an asyncpg pool. agg_df starts `wind` bars before `start`, or
+    `history_days` before it when that is longer: pass 180 so that
+    `get_open_time_stats` sees the 180 days its `*_180d` features promise."""
     from bot.core.db.market import load_pair_data
     from bot.core.db.postgres_manager import DBManager
 
     source = await db.get_pool() if isinstance(db, DBManager) else db
-    return await load_pair_data(source, token_1, token_2, start, end, tf, wind)
+    history = dt.timedelta(days=history_days) if history_days > 0 else None
+    return await load_pair_data(source, token_1, token_2, start, end, tf, wind, history=history)
 
 
 def get_open_time_stats(

@@ -133,3 +133,14 @@ async def test_180_day_features_see_all_the_history_there_is(db: Database, marke
         assert r["history_days_180d"] == pytest.approx(there, abs=2 / 24), r["open_time"]
         assert r["short_history_180d"] == 1.0
         assert math.isfinite(r["std_1_180d"])
+
+
+async def test_notebook_load_data_can_load_the_feature_history(db: Database, market) -> None:
+    from bot.utils.pair_trading import load_data
+
+    c, d = market.symbols[2:4]
+    start = START + dt.timedelta(days=16)
+    _, short = await load_data(c, d, start, START + dt.timedelta(days=DAYS), "1h", 24, db.pool)
+    _, long = await load_data(c, d, start, START + dt.timedelta(days=DAYS), "1h", 24, db.pool, history_days=180)
+    assert short["ts"][0] == start.timestamp() - 24 * 3600  # the notebook's default: wind bars of warm-up
+    assert long["ts"][0] == START.timestamp()  # 180 days asked, bounded by what exists

@@ -300,6 +300,25 @@ def daily_return_std(ts: np.ndarray, log_prices: np.ndarray) -> float:
     return float(np.std(np.diff(closes), ddof=1))
 
 
+def sizing_vol(bar_ts: np.ndarray, close: np.ndarray, before_ts: float, n_bars: int, tf_s: float) -> float:
+    """The daily volatility of vol_neutral sizing (strategy.md section 3), known at `before_ts`:
+
+        sigma = std(ddof 1) of the log returns of the last `n_bars` bars opening before
+                `before_ts` (fewer if fewer are there), times sqrt(86400 / tf_s)
+
+    Bars are stamped by open time, so a bar opening at before_ts - tf_s is complete at
+    `before_ts`: no look-ahead. NaN with fewer than three bars. The one definition used by
+    `bot backtest`, the research runs and (to come) the live executor, each at the start
+    of the window it trades.
+    """
+    ts = np.asarray(bar_ts, dtype=np.float64)
+    k = int(np.searchsorted(ts, before_ts, side="left"))
+    c = np.asarray(close, dtype=np.float64)[max(0, k - int(n_bars)):k]
+    if c.shape[0] < 3 or not np.all(c > 0):
+        return math.nan
+    return float(np.std(np.diff(np.log(c)), ddof=1) * math.sqrt(86400.0 / tf_s))
+
+
 def linear_trend(x: np.ndarray, hours_per_point: float) -> float:
     """Slope of a linear fit of x per hour, in units of std(x) (NaN if flat)."""
     clean = _clean(x)

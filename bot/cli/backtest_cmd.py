@@ -6,12 +6,24 @@ import argparse
 import asyncio
 import datetime as dt
 import logging
-import math
+import sys
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import polars as pl
 
+from bot.cli.args import (
+    UsageError,
+    parse_time,
+    positive_int,
+    require_known_tokens,
+    timeframe,
+    token_of,
+    window,
+)
 from bot.config import BotConfig
+from bot.config.model import StrategyConfig
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +56,6 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_backtest)
 
 
-def _parse_time(text: str | None, default: dt.datetime) -> dt.datetime:
-    if text is None:
-        return default
-    value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-
-
 def effective_params(args: argparse.Namespace, cfg: BotConfig) -> dict[str, Any]:
     s = cfg.strategy.model_dump()
     for key in ("tf", "wind", "spr_method", "median_length", "thresh_in", "thresh_out", "open_method",
@@ -60,60 +65,75 @@ def effective_params(args: argparse.Namespace, cfg: BotConfig) -> dict[str, Any]
         if v is not None:
             s[key] = v
     if not s["thresh_out"] < s["thresh_in"]:
-        raise ValueError(f"--out must be below --in (got {s['thresh_out']} >= {s['thresh_in']})")
+        raise UsageError(f"--out must be below --in (got {s['thresh_out']} >= {s['thresh_in']})")
     return s
 
 
-def daily_log_return_std(agg: pl.DataFrame, token: str, before_ts: float, tf_s: int) -> float:
-    """Std of bar log returns before `before_ts`, scaled to one day (no look-ahead)."""
-    closes = agg.filter(pl.col("ts") < before_ts).get_column(token).to_numpy()
-    if closes.size < 3:
-        return math.nan
-    import numpy as np
-
-    r = np.diff(np.log(closes))
-    return float(np.std(r, ddof=1) * math.sqrt(86400 / tf_s))
+@dataclass
+class BacktestRun:
+    zdf: pl.DataFrame  # time, ts, z_score of the window's ticks
+    trades: pl.DataFrame
+    metrics: dict[str, Any]
+    skipped_entries: int
+    coverage: float
 
 
 async def run_backtest_from_db(db: Any, cfg: BotConfig, t1: str, t2: str, start: dt.datetime,
-                               end: dt.datetime, s: dict[str, Any]) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
-    from bot.analysis.backtesting import backtest
+                               end: dt.datetime, s: dict[str, Any]) -> BacktestRun:
+    """One pair over [start, end) through the research path (bot.research.pair_job), so `bot
+    backtest` and `bot stats`/`bot sweep` give identical trades for the same pair, window
+    and parameters: the same loader (bar-close ticks where quotes are missing), instrument
+    steps, min qty and min notional, sizing volatility and z-score kernels."""
+    from bot.analysis.backtesting import run_backtest
+    from bot.analysis.coverage import quote_coverage
     from bot.analysis.strategy_analysis import analyze_strategy
     from bot.analysis.zscore import tf_seconds
-    from bot.core.db.market import coin_information, load_pair_data
-    from bot.utils.pair_trading import create_zscore_df
-
-    tick_df, agg_df = await load_pair_data(db, t1, t2, start, end, s["tf"], s["wind"], cfg.data.reference_symbols,
-                                           half_spread=s["half_spread_bp"] * 1e-4)
-    if tick_df.height == 0:
-        raise ValueError(f"no data for {t1}/{t2} between {start:%Y-%m-%d %H:%M} and {end:%Y-%m-%d %H:%M}")
-    info = (await coin_information(db))["bybit_linear"]
-    steps = []
-    for t in (t1, t2):
-        meta = info.get(f"{t}_USDT")
-        if meta is None:
-            raise ValueError(f"no instrument info for {t} (import or refresh instruments first)")
-        steps.append(meta["qty_step"])
-    tf, w = s["tf"], s["wind"]
-    zdf = create_zscore_df(t1, t2, tick_df, agg_df, tf, [w], start, s["median_length"], s["spr_method"])
-    zdf = zdf.rename({f"spread_{w}_{tf}": "spread", f"spread_mean_{w}_{tf}": "spread_mean",
-                      f"spread_std_{w}_{tf}": "spread_std", f"z_score_{w}_{tf}": "z_score"})
-    tf_s = tf_seconds(tf)
-    std_1 = daily_log_return_std(agg_df, t1, start.timestamp(), tf_s)
-    std_2 = daily_log_return_std(agg_df, t2, start.timestamp(), tf_s)
-    trades = backtest(
-        zdf, t1, t2, steps[0], steps[1],
-        thresh_low_in=-s["thresh_in"], thresh_low_out=-s["thresh_out"],
-        thresh_high_in=s["thresh_in"], thresh_high_out=s["thresh_out"],
-        long_possible=s["long_possible"], short_possible=s["short_possible"], balance=s["balance"],
-        order_size=s["order_size"], qty_method=s["qty_method"], std_1=std_1, std_2=std_2,
-        fee_rate=s["fee_rate"], sl_std=s["sl_std"], sl_dist=s["sl_dist"], sl_method=s["sl_method"],
-        sl_seconds=s["sl_seconds"], open_method=s["open_method"], close_method=s["close_method"],
-        leverage=s["leverage"], dist_in=s["dist_in"], dist_out=s["dist_out"], force_close=s["force_close"],
-        min_order_size=s["min_order_size"], latency_s=s["latency_s"], half_spread=s["half_spread_bp"] * 1e-4,
+    from bot.core.db.market import coin_information
+    from bot.research.pair_job import (
+        signal_params,
+        slice_ticks,
+        tick_median_length,
+        window_sizing,
+        window_slice,
+        z_ticks,
     )
-    metrics = analyze_strategy(trades, start, end, s["balance"])
-    return zdf, trades, metrics
+    from bot.research.params import default_params
+    from bot.research.sweep import SkipPair, load_input
+
+    strategy = StrategyConfig.model_validate(s)
+    p = default_params(strategy)
+    info = (await coin_information(db))["bybit_linear"]
+    try:
+        inp = await load_input(db, cfg.model_copy(update={"strategy": strategy}), t1, t2, start, end, end,
+                               p.wind, info, False)
+    except SkipPair as why:
+        raise UsageError(f"{t1}/{t2}: {why}; {await _what_is_stored(db, t1, t2, strategy.tf)}") from None
+    zs = z_ticks(inp, {p.z_key}, p.tf, tick_median_length(inp, strategy))
+    lo, hi = window_slice(inp, start.timestamp(), end.timestamp())
+    if hi <= lo:
+        raise UsageError(f"no tick of {t1}/{t2} between {start:%Y-%m-%d %H:%M} and {end:%Y-%m-%d %H:%M}")
+    ticks = slice_ticks(zs[p.z_key], lo, hi)
+    res = run_backtest(ticks, signal_params(p, strategy), window_sizing(inp, strategy, start.timestamp()),
+                       strategy.force_close, token_1=t1, token_2=t2)
+    metrics = analyze_strategy(res.trades, start, end, strategy.balance)
+    is_quote = inp.is_quote if inp.is_quote is not None else np.full(inp.tick_ts.shape, not inp.bars_only)
+    coverage = quote_coverage(inp.tick_ts, is_quote, start.timestamp(), end.timestamp(), tf_seconds(p.tf))
+    zdf = pl.DataFrame({"ts": ticks.ts, "z_score": ticks.z}).with_columns(
+        pl.from_epoch((pl.col("ts") * 1e6).round().cast(pl.Int64), time_unit="us").dt.replace_time_zone("UTC")
+        .alias("time"))
+    return BacktestRun(zdf, res.trades, metrics, res.skipped_entries, coverage)
+
+
+async def _what_is_stored(db: Any, t1: str, t2: str, tf: str) -> str:
+    """One clause naming the timeframes stored for the pair's symbols (for a clear error)."""
+    from bot.core.db.market import finer_timeframes, stored_timeframes, symbol_of
+
+    parts = []
+    for t in (t1, t2):
+        tfs = await stored_timeframes(db, symbol_of(t))
+        parts.append(f"{t}: {', '.join(tfs) if tfs else 'no bars'}")
+    return (f"{tf} bars are read directly or built from {', '.join(finer_timeframes(tf)) or 'nothing finer'};"
+            f" stored: {'; '.join(parts)}")
 
 
 def plot_backtest(path: str, zdf: pl.DataFrame, trades: pl.DataFrame, s: dict[str, Any], title: str) -> None:
@@ -150,29 +170,39 @@ def plot_backtest(path: str, zdf: pl.DataFrame, trades: pl.DataFrame, s: dict[st
 
 
 def cmd_backtest(args: argparse.Namespace, cfg: BotConfig) -> int:
-    from bot.core.db.market import token_of
     from bot.core.db.pool import open_database
 
     s = effective_params(args, cfg)
-    start = _parse_time(args.start, cfg.research.valid_time)
-    end = _parse_time(args.end, cfg.research.end_time)
-    if end <= start:
-        raise ValueError(f"--end must be after --start (got {start.isoformat()} -> {end.isoformat()})")
+    start = parse_time(args.start, "--start", cfg.research.valid_time)
+    end = parse_time(args.end, "--end", cfg.research.end_time)
+    window(start, end)
+    timeframe(s["tf"])
+    positive_int(args.wind, "--wind")
+    positive_int(args.median_length, "--median-length")
     t1, t2 = token_of(args.token_1), token_of(args.token_2)
 
-    async def run() -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
+    async def run() -> BacktestRun:
         db = await open_database(cfg.database)
         try:
+            await require_known_tokens(db, [t1, t2], "T1/T2")
             return await run_backtest_from_db(db, cfg, t1, t2, start, end, s)
         finally:
             await db.close()
 
-    zdf, trades, metrics = asyncio.run(run())
+    run_ = asyncio.run(run())
+    zdf, trades, metrics = run_.zdf, run_.trades, run_.metrics
     print(f"{t1}/{t2} {start:%Y-%m-%d %H:%M} -> {end:%Y-%m-%d %H:%M} UTC, tf {s['tf']}, wind {s['wind']}, "
           f"{s['spr_method']}, in {s['thresh_in']} out {s['thresh_out']}, {s['open_method']}/{s['close_method']}")
     with pl.Config(tbl_rows=args.max_rows, tbl_cols=12, tbl_width_chars=160):
         print(trades.select("open_time", "close_time", "pos_side", "reason", "qty_1", "qty_2",
                             "open_z", "close_z", "fees", "total_profit"))
+    print(f"  {'skipped_entries':15s} {run_.skipped_entries}  (entries not sized: below min_order_size,"
+          " the instrument's min qty or min notional)")
+    cov = run_.coverage
+    print(f"  {'coverage':15s} {cov:.4f}  (share of the window's bars traded on quotes; the rest on bar closes)")
+    if cov < 1.0:
+        print(f"WARNING: quotes cover {cov:.1%} of the window's bars; the others trade on bar-close ticks"
+              " (docs/strategy.md, 'Partial quote coverage')", file=sys.stderr)
     for k, v in metrics.items():
         print(f"  {k:15s} {v:.4f}" if isinstance(v, float) else f"  {k:15s} {v}")
     if args.plot:

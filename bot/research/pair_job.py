@@ -76,22 +76,53 @@ class PairOutcome:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def _slice(ticks: TickArrays, lo: int, hi: int) -> TickArrays:
+def slice_ticks(ticks: TickArrays, lo: int, hi: int) -> TickArrays:
     return TickArrays(*(getattr(ticks, f)[lo:hi] for f in TickArrays.__dataclass_fields__))
 
 
-def _signal(p: ParamSet, s: StrategyConfig) -> SignalParams:
+def signal_params(p: ParamSet, s: StrategyConfig) -> SignalParams:
     return SignalParams(-p.in_, -p.out_, p.in_, p.out_, s.long_possible, s.short_possible, p.open_method,
                         p.close_method, p.dist_in, p.dist_out, s.sl_std, s.sl_dist, s.sl_seconds, s.sl_method,
                         s.latency_s)
 
 
-def _sizing(inp: PairInput, s: StrategyConfig, std_1: float, std_2: float) -> SizingParams:
+def window_sizing(inp: PairInput, s: StrategyConfig, start_ts: float) -> SizingParams:
+    """Sizing of a backtest of the window starting at `start_ts`: the instrument's steps, min
+    qty and min notional, and for vol_neutral the volatilities known at the window's start
+    (est.sizing_vol over the strategy's `wind` bars before it; usdt_neutral when unknown)."""
+    tf_s = tf_seconds(s.tf)
+    std_1 = est.sizing_vol(inp.bar_ts, inp.close_1, start_ts, s.wind, tf_s)
+    std_2 = est.sizing_vol(inp.bar_ts, inp.close_2, start_ts, s.wind, tf_s)
     ok = math.isfinite(std_1) and math.isfinite(std_2) and std_1 > 0 and std_2 > 0
     return SizingParams(s.balance, s.order_size, s.min_order_size, s.leverage,
                         s.qty_method if (ok or s.qty_method != "vol_neutral") else "usdt_neutral",
                         std_1 if ok else 1.0, std_2 if ok else 1.0, s.fee_rate, inp.qty_step_1,
                         inp.qty_step_2, inp.min_qty_1, inp.min_qty_2, inp.min_notional_1, inp.min_notional_2)
+
+
+def z_ticks(inp: PairInput, keys: set[tuple[str, int]], tf: str, median_length: int) -> dict[tuple[str, int], TickArrays]:
+    """Tick arrays with the z-score of every (spr_method, wind) in `keys`, over all ticks (once per pair)."""
+    mid_1 = (inp.bid_1 + inp.ask_1) / 2
+    mid_2 = (inp.bid_2 + inp.ask_2) / 2
+    zs: dict[tuple[str, int], TickArrays] = {}
+    for method in sorted({k[0] for k in keys}):
+        winds = sorted({w for m, w in keys if m == method})
+        res = zscore_multi(inp.tick_ts, mid_1, mid_2, inp.bar_ts, inp.close_1, inp.close_2, tf, winds, method,
+                           median_length)
+        for w, cols in res.items():
+            zs[(method, w)] = TickArrays(inp.tick_ts, cols.z_score, inp.bid_1, inp.ask_1, inp.bid_2,
+                                         inp.ask_2, cols.beta)
+    return zs
+
+
+def tick_median_length(inp: PairInput, strategy: StrategyConfig) -> int:
+    """The tick median of the z-score: off (1) on bars-only data, the strategy's otherwise."""
+    return 1 if inp.bars_only else strategy.median_length
+
+
+def window_slice(inp: PairInput, start_ts: float, end_ts: float) -> tuple[int, int]:
+    return (int(np.searchsorted(inp.tick_ts, start_ts, side="left")),
+            int(np.searchsorted(inp.tick_ts, end_ts, side="left")))
 
 
 def _summary(p: ParamSet, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -133,15 +164,10 @@ def run_pair(
     if mid - lo < 10:
         out.status, out.reason = "skipped", f"too few ticks in the train window ({mid - lo})"
         return out
-    m = median_length if median_length is not None else (1 if inp.bars_only else strategy.median_length)
+    m = median_length if median_length is not None else tick_median_length(inp, strategy)
     mid_1 = (inp.bid_1 + inp.ask_1) / 2
     mid_2 = (inp.bid_2 + inp.ask_2) / 2
-    zs: dict[tuple[str, int], TickArrays] = {}
-    for method in sorted({p.spr_method for p in param_sets} | {default.spr_method}):
-        res = zscore_multi(inp.tick_ts, mid_1, mid_2, inp.bar_ts, inp.close_1, inp.close_2, tf, winds, method, m)
-        for w, cols in res.items():
-            zs[(method, w)] = TickArrays(inp.tick_ts, cols.z_score, inp.bid_1, inp.ask_1, inp.bid_2,
-                                         inp.ask_2, cols.beta)
+    zs = z_ticks(inp, {p.z_key for p in param_sets} | {default.z_key}, tf, m)
     out.timings["zscore_s"] = time.perf_counter() - t_start
 
     # pair statistics on the train bars (no look-ahead: bars before valid_time)
@@ -155,13 +181,13 @@ def run_pair(
                  coverage=quote_coverage(inp.tick_ts, is_quote, inp.train_start, inp.valid_time, tf_s),
                  corr=est.corr(np.diff(l1), np.diff(l2)), dist=dist, std=dist_std,
                  pv_1=est.engle_granger(l1, l2).pvalue, pv_2=est.engle_granger(l2, l1).pvalue)
-    sizing = _sizing(inp, strategy, std_1, std_2)
+    sizing = window_sizing(inp, strategy, inp.train_start)
 
     t0 = time.perf_counter()
     feature_cache: dict[Any, Any] = {}
     t_feat = 0.0
     for p in param_sets:
-        res = run_backtest(_slice(zs[p.z_key], lo, mid), _signal(p, strategy), sizing, strategy.force_close,
+        res = run_backtest(slice_ticks(zs[p.z_key], lo, mid), signal_params(p, strategy), sizing, strategy.force_close,
                            token_1=inp.token_1, token_2=inp.token_2)
         metrics = analyze_strategy(res.trades, inp.train_start, inp.valid_time, strategy.balance)
         summary = _summary(p, metrics)
@@ -183,7 +209,7 @@ def run_pair(
     out.timings["backtests_s"] = time.perf_counter() - t0 - t_feat
     out.timings["features_s"] = t_feat
 
-    ind = run_backtest(_slice(zs[default.z_key], lo, mid), _signal(default, strategy), sizing,
+    ind = run_backtest(slice_ticks(zs[default.z_key], lo, mid), signal_params(default, strategy), sizing,
                        strategy.force_close)
     ind_m = analyze_strategy(ind.trades, inp.train_start, inp.valid_time, strategy.balance)
     stats.update(pr_ind=ind_m["pr"], pr_rat_ind=ind_m["pr_rat"])
@@ -197,7 +223,8 @@ def run_pair(
                      best_param_id=best["param_id"])
         if hi > mid:
             bp = next(p for p in param_sets if p.param_id == best["param_id"])
-            test = run_backtest(_slice(zs[bp.z_key], mid, hi), _signal(bp, strategy), sizing, True)
+            test = run_backtest(slice_ticks(zs[bp.z_key], mid, hi), signal_params(bp, strategy),
+                                window_sizing(inp, strategy, inp.valid_time), True)
             tm = analyze_strategy(test.trades, inp.valid_time, inp.end_time, strategy.balance)
             stats.update(pr_test=tm["pr"], pr_rat_test=tm["pr_rat"], loss_test=tm["loss"],
                          max_drdn_test=tm["max_drdn"], dur_test=tm["avg_dur"], trades_test=tm["trades"])

@@ -22,7 +22,7 @@ import asyncpg
 import numpy as np
 import polars as pl
 
-from bot.analysis.zscore import tf_seconds
+from bot.analysis.zscore import TF_SECONDS, tf_seconds
 
 log = logging.getLogger(__name__)
 
@@ -504,17 +504,73 @@ async def copy_bars(db: Any, frame: pl.DataFrame, tf: str, source: str = "import
     return int(status.split()[-1])
 
 
+_BAR_SCHEMA = {"symbol": pl.Utf8, "ts": pl.Float64, "open": pl.Float64, "high": pl.Float64,
+               "low": pl.Float64, "close": pl.Float64, "volume": pl.Float64}
+
+
 async def read_bars(db: Any, symbols: Sequence[str], tf: str, start: Any, end: Any) -> pl.DataFrame:
-    """Long frame of bars with start <= open_time < end: symbol, ts (epoch s), OHLCV."""
-    return await read_frame(
+    """Long frame of bars with start <= open_time < end: symbol, ts (epoch s), OHLCV.
+
+    A symbol with no stored `tf` bar in the range gets bars built from the coarsest
+    stored finer timeframe that divides `tf` (5m -> 15m, 1h -> 4h and
+    1d; see :func:`read_resampled_bars`), so every timeframe of strategy.md section 1
+    works from what the recorder and backfill store (5m and 1h).
+    """
+    direct = await read_frame(
         db,
         "SELECT symbol, extract(epoch FROM open_time)::float8 AS ts, open, high, low, close, volume"
         " FROM bars WHERE tf = $1 AND symbol = ANY($2::text[]) AND open_time >= $3 AND open_time < $4"
         " ORDER BY open_time, symbol",
-        tf, list(symbols), to_utc(start), to_utc(end),
-        schema={"symbol": pl.Utf8, "ts": pl.Float64, "open": pl.Float64, "high": pl.Float64,
-                "low": pl.Float64, "close": pl.Float64, "volume": pl.Float64},
+        tf, list(symbols), to_utc(start), to_utc(end), schema=_BAR_SCHEMA,
     )
+    have = set(direct.get_column("symbol").unique().to_list()) if direct.height else set()
+    missing = [s for s in symbols if s not in have]
+    parts = [direct]
+    for src in finer_timeframes(tf):
+        if not missing:
+            break
+        built = await read_resampled_bars(db, missing, src, tf, start, end)
+        if built.height:
+            got = set(built.get_column("symbol").unique().to_list())
+            log.info("%s bars of %s built from stored %s bars", tf, ", ".join(sorted(got)), src)
+            parts.append(built)
+            missing = [s for s in missing if s not in got]
+    if len(parts) == 1:
+        return direct
+    return pl.concat(parts).sort(["ts", "symbol"])
+
+
+def finer_timeframes(tf: str) -> list[str]:
+    """Stored timeframes a `tf` bar can be built from: those that divide it, coarsest first."""
+    n = tf_seconds(tf)
+    return sorted((t for t, s in TF_SECONDS.items() if s < n and n % s == 0), key=lambda t: -TF_SECONDS[t])
+
+
+async def read_resampled_bars(db: Any, symbols: Sequence[str], src: str, tf: str, start: Any,
+                              end: Any) -> pl.DataFrame:
+    """`tf` bars built from stored `src` bars: open of the first, max high, min low, close of
+    the last, summed volume, per UTC-aligned `tf` interval (date_bin from the epoch). Only
+    complete bars: every one of the tf / src source bars must be stored, so a hole never
+    makes a short bar that looks whole."""
+    n_src = tf_seconds(tf) // tf_seconds(src)
+    return await read_frame(
+        db,
+        "SELECT symbol, extract(epoch FROM b)::float8 AS ts, (array_agg(open ORDER BY open_time))[1] AS open,"
+        " max(high) AS high, min(low) AS low, (array_agg(close ORDER BY open_time DESC))[1] AS close,"
+        " sum(volume) AS volume FROM ("
+        "   SELECT *, date_bin($5::interval, open_time, TIMESTAMPTZ '1970-01-01 00:00:00+00') AS b FROM bars"
+        "   WHERE tf = $1 AND symbol = ANY($2::text[]) AND open_time >= $3 AND open_time < $4"
+        " ) q WHERE b >= $3 GROUP BY symbol, b HAVING count(*) = $6 ORDER BY b, symbol",
+        src, list(symbols), to_utc(start), to_utc(end), dt.timedelta(seconds=tf_seconds(tf)), n_src,
+        schema=_BAR_SCHEMA,
+    )
+
+
+async def stored_timeframes(db: Any, symbol: str) -> list[str]:
+    """The timeframes with bars stored for `symbol`, shortest first."""
+    async with _pool_of(db).acquire() as conn:
+        rows = await conn.fetch("SELECT DISTINCT tf FROM bars WHERE symbol = $1", symbol)
+    return sorted((r["tf"] for r in rows), key=lambda t: TF_SECONDS.get(t, 0))
 
 
 async def bar_symbols(db: Any, tf: str) -> pl.DataFrame:

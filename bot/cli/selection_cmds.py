@@ -41,11 +41,12 @@ def print_report(rep: Any) -> None:
 
 
 def cmd_reselect(args: argparse.Namespace, cfg: BotConfig) -> int:
-    from bot.cli.backtest_cmd import _parse_time
+    from bot.cli.args import parse_time, positive_int
     from bot.core.db.pool import open_database
     from bot.selection.reselect import ReselectError, reselect
 
-    as_of = _parse_time(args.as_of, None) if args.as_of else None
+    as_of = parse_time(args.as_of, "--as-of") if args.as_of else None
+    positive_int(args.workers, "--workers")
 
     async def run() -> Any:
         db = await open_database(cfg.database)

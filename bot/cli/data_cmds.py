@@ -183,6 +183,14 @@ def cmd_data_info(args: argparse.Namespace, cfg: BotConfig) -> int:
 
 def cmd_demo(args: argparse.Namespace, cfg: BotConfig) -> int:
     """Start an embedded Postgres, migrate, generate the demo market and show what it holds."""
+    from bot.cli.demo_loop import (
+        demo_config,
+        next_steps,
+        print_outcome,
+        run_loop,
+        write_demo_config,
+    )
+    from bot.core.db.market import token_of
     from bot.core.db.pool import open_database
 
     check_demo_args(args)
@@ -205,14 +213,21 @@ def cmd_demo(args: argparse.Namespace, cfg: BotConfig) -> int:
             await _info(db)
             _print_market(market, counts)
             print(f"manifest: {work / 'manifest.json'}")
+            days = (market.end - market.start).total_seconds() / 86400
+            dcfg = demo_config(cfg, work, days, dbcfg)
+            conf = write_demo_config(dcfg, work)
+            pairs: list[tuple[str, str]] = []
             if not args.no_loop:
-                from bot.cli.demo_loop import print_outcome, run_loop
-
-                result = await run_loop(db, cfg, market, work)
+                result = await run_loop(db, cfg, market, work, dcfg)
                 print_outcome(result, market)
+                pairs = [(token_of(r["token_1"]), token_of(r["token_2"])) for r in result["report"].pairs]
         finally:
             await db.close()
         print(f"demo done in {time.perf_counter() - t0:.1f} s")
+        print(f"config: {conf} (the demo's effective config; its database holds the market)")
+        print("next, on this database as it is:")
+        for line in next_steps(conf, market, dcfg, pairs):
+            print(f"  {line}")
         return 0
 
     return asyncio.run(run())

@@ -13,13 +13,24 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from bot.config import BotConfig
+from bot.config.model import DatabaseConfig
+from bot.utils.files import atomic_write_text
 
 
-def demo_config(cfg: BotConfig, work: Path, days: float) -> BotConfig:
+def demo_config(cfg: BotConfig, work: Path, days: float, database: DatabaseConfig | None = None) -> BotConfig:
+    """The configured behaviour with windows scaled to the demo market, paths inside `work`
+    (absolute, so the written config works from any directory) and `database`."""
     train = max(4, int(days * 0.3))
     test = max(2, int(days * 0.1))
+    work = work.resolve()
+    db = database or cfg.database
+    if db.dsn is None:
+        db = db.model_copy(update={"embedded_dir": str(Path(db.embedded_dir).resolve())})
     return cfg.model_copy(update={
+        "database": db,
         "strategy": cfg.strategy.model_copy(update={"wind": 36, "min_order_size": 0.0, "sl_method": "cooldown"}),
         "research": cfg.research.model_copy(update={"winds": (24, 36, 48), "iters": 10}),
         "selection": cfg.selection.model_copy(update={
@@ -29,14 +40,45 @@ def demo_config(cfg: BotConfig, work: Path, days: float) -> BotConfig:
     })
 
 
-async def run_loop(db: Any, cfg: BotConfig, market: Any, work: Path) -> dict[str, Any]:
+def write_demo_config(dcfg: BotConfig, work: Path) -> Path:
+    """`work`/config.yaml: the demo's effective config, so the user can go on where it stopped.
+
+    A DSN carrying a password (from BOT_DATABASE_DSN) is never written: the file says
+    `dsn: null` then, and the environment must provide it again."""
+    from bot.config.secrets import dsn_has_password
+
+    data = dcfg.model_dump(mode="json")
+    if data["database"]["dsn"] and dsn_has_password(data["database"]["dsn"]):
+        data["database"]["dsn"] = None
+    path = work / "config.yaml"
+    text = ("# written by `bot demo`: the effective config of the demo (windows scaled to its market)\n"
+            + yaml.safe_dump(data, sort_keys=False))
+    atomic_write_text(path, text)
+    return path
+
+
+def next_steps(config_path: Path, market: Any, dcfg: BotConfig, pairs: list[tuple[str, str]]) -> list[str]:
+    """Commands that work on the demo's database as it is (the market ends at market.end)."""
+    end = market.end.isoformat()
+    start = (market.end - dt.timedelta(days=dcfg.selection.train_days)).isoformat()
+    t1, t2 = pairs[0] if pairs else (market.groups[0].leader, market.groups[0].members[0])
+    c = f"bot --config {config_path}"
+    return [f"{c} data info",
+            f"{c} reselect --as-of {end} --dry-run",
+            f"{c} reselect --as-of {end}",
+            f"{c} backtest {t1} {t2} --start {start} --end {end}",
+            f"{c} jobs"]
+
+
+async def run_loop(db: Any, cfg: BotConfig, market: Any, work: Path,
+                   dcfg: BotConfig | None = None) -> dict[str, Any]:
     from bot.research import model as mdl
     from bot.research.dataset import build_dataset
     from bot.research.pairs_file import format_pairs
     from bot.selection.reselect import reselect
 
     days = (market.end - market.start).total_seconds() / 86400
-    dcfg = demo_config(cfg, work, days)
+    dcfg = dcfg or demo_config(cfg, work, days)
     toks = market.symbols
     pairs = [(a, b) for i, a in enumerate(toks) for b in toks[i + 1:]]
     (work / "candidates.txt").write_text(format_pairs(pairs))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -74,6 +75,25 @@ def test_demo_on_embedded_postgres(tmp_path: Path) -> None:
     assert {"BTC", "ETH", "SOL"} <= set(manifest["symbols"]) and manifest["groups"]
     # the server was stopped cleanly: no postmaster left
     assert not (tmp_path / "demo" / "pgdata" / "postmaster.pid").exists()
+    # the demo leaves a set-up to continue with: its config, and next commands that work as printed
+    conf = tmp_path / "demo" / "config.yaml"
+    assert f"config: {conf}" in res.stdout
+    from bot.config import load
+
+    assert Path(load(conf).database.embedded_dir) == tmp_path / "demo" / "pgdata"
+    steps = res.stdout.split("next, on this database as it is:\n", 1)[1].strip().splitlines()
+    assert any(" reselect --as-of " in line for line in steps) and any(" backtest " in line for line in steps)
+    before = chosen
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for line in steps:
+        argv = shlex.split(line)
+        assert argv[0] == "bot"
+        out = run_bot(*argv[1:], cwd=elsewhere)  # from another directory: the config's paths are absolute
+        assert out.returncode == 0, (line, out.stderr)
+    # the re-selection re-run as of the market's end (same data, same model) chose the same pairs
+    after = (tmp_path / "demo" / "token_pairs.txt").read_text().split("\n")
+    assert [x for x in after if x] and sorted(after) == sorted(before)
 
 
 def test_missing_input_file_is_one_line_exit_2(tmp_path: Path) -> None:

@@ -121,7 +121,13 @@ def test_real_btc_eth_top_of_book(shared_data: Path) -> None:
     z = create_zscore_df("BTC", "ETH", ticks, bars, "1m", [w], int(ticks["ts"][0]), median_length=3, spr_method="dist")
     df = z.rename({f"z_score_{w}_1m": "z_score"})
     first_valid = int(df.filter(pl.col("z_score").is_not_null())["ts"][0])
-    assert first_valid >= (int(ticks["ts"][0]) // 60 + w) * 60 - 60  # W complete bars before the tick's bar
+    # exactly the first tick with W completed bars strictly before its own bar: not one bar early
+    bar_ts = bars["ts"].to_numpy()
+    tick_ts = ticks["ts"].to_numpy()
+    n_before = np.searchsorted(bar_ts, tick_ts // 60 * 60, side="left")
+    expected = int(tick_ts[np.argmax(n_before >= w)])
+    assert expected >= (int(tick_ts[0]) // 60 + w) * 60
+    assert first_valid == expected
     trades = backtest(df, "BTC", "ETH", 0.001, 0.01, thresh_low_in=-1.0, thresh_low_out=-0.2,
                       thresh_high_in=1.0, thresh_high_out=0.2, fee_rate=0.0002, balance=10_000.0,
                       order_size=5_000.0, force_close=True)

@@ -177,6 +177,9 @@ async def _evaluate(db: Any, conn: Any, cfg: BotConfig, run_id: int, now: dt.dat
     """Steps 2-6 and the guards: the report (decisions, pair rows) and what the commit writes."""
     train_start = now - dt.timedelta(days=cfg.selection.train_days)
     candidates = await _candidates(db, cfg, train_start)
+    if not candidates:
+        raise Refusal(f"refused: no candidate pair ({cfg.selection.candidates_file} is empty, or no two symbols"
+                      f" have {cfg.strategy.tf} bars from {train_start.isoformat()})")
     symbols = sorted({symbol_of(t) for pair in candidates for t in pair})
     guards.check_freshness(await newest_bar_time(db, symbols, cfg.strategy.tf, now), now,
                            cfg.selection.max_data_age_h, cfg.strategy.tf)

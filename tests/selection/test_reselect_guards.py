@@ -209,3 +209,12 @@ async def test_cli_refusal_exits_1_with_one_line_and_as_of_runs(db: Database, ma
     code = await asyncio.to_thread(main, ["--config", str(conf), "reselect", "--as-of", market.end.isoformat()])
     assert code == 0
     assert (await _last_run(db))["status"] == "ok"
+
+
+async def test_no_candidate_is_refused(db: Database, market, cfg) -> None:
+    before = await _known_state(db, cfg, market)
+    Path(cfg.selection.candidates_file).write_text("# nothing to trade\n")
+    await _refused(db, cfg, before, market.end, "no pairs in the file")
+    # no candidates file: every pair of symbols with bars over the whole train window; none has
+    Path(cfg.selection.candidates_file).unlink()
+    await _refused(db, cfg, before, market.start + dt.timedelta(days=3), "no candidate pair")

@@ -303,16 +303,16 @@ def daily_return_std(ts: np.ndarray, log_prices: np.ndarray) -> float:
 def sizing_vol(bar_ts: np.ndarray, close: np.ndarray, before_ts: float, n_bars: int, tf_s: float) -> float:
     """The daily volatility of vol_neutral sizing (strategy.md section 3), known at `before_ts`:
 
-        sigma = std(ddof 1) of the log returns of the last `n_bars` bars opening before
+        sigma = std(ddof 1) of the log returns of the last `n_bars` bars complete at
                 `before_ts` (fewer if fewer are there), times sqrt(86400 / tf_s)
 
-    Bars are stamped by open time, so a bar opening at before_ts - tf_s is complete at
-    `before_ts`: no look-ahead. NaN with fewer than three bars. The one definition used by
+    Bars are stamped by open time; only bars complete at `before_ts` count (open + tf_s <=
+    before_ts), so an unaligned `before_ts` never sees the close of the bar it falls in. NaN with fewer than three bars. The one definition used by
     `bot backtest`, the research runs and (to come) the live executor, each at the start
     of the window it trades.
     """
     ts = np.asarray(bar_ts, dtype=np.float64)
-    k = int(np.searchsorted(ts, before_ts, side="left"))
+    k = int(np.searchsorted(ts, before_ts - tf_s, side="right"))
     c = np.asarray(close, dtype=np.float64)[max(0, k - int(n_bars)):k]
     if c.shape[0] < 3 or not np.all(c > 0):
         return math.nan

@@ -3,8 +3,10 @@
 Checked before the commit (docs/selection.md, "Refusals"); a failing guard makes the
 run fail with its reason, and the pairs table and token_pairs.txt stay byte-identical:
 
-- freshness: the newest bar (of `strategy.tf`) of the candidates' symbols opens at
-  most `selection.max_data_age_h` hours before the run's time (`now`, or `--as-of`).
+- freshness: the newest complete bar of the candidates' symbols (of `strategy.tf`, or of
+  the finer timeframes it is built from) closed at most one `tf` bar (the one in
+  progress) plus `selection.max_data_age_h` hours before the run's time (`now`, or
+  `--as-of`).
   A recorder that was down, or data older than the train window, is refused here,
   before any backtest runs;
 - coverage: evaluated / candidates >= `selection.min_evaluated_share`, where a
@@ -19,20 +21,26 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 
+from bot.analysis.zscore import tf_seconds
+
 
 class Refusal(RuntimeError):
     """Inputs unfit to commit on; the message is the recorded reason (one line)."""
 
 
-def check_freshness(newest_bar: dt.datetime | None, now: dt.datetime, max_age_h: float, tf: str) -> None:
-    if newest_bar is None:
+def check_freshness(newest_close: dt.datetime | None, now: dt.datetime, max_age_h: float, tf: str) -> None:
+    """`newest_close`: when the newest complete bar (of `tf` or the finer bars it is built from)
+    closed. A running recorder keeps that less than one `tf` bar behind `now` (the bar in
+    progress); the data is stale when it lags more than `max_age_h` beyond that."""
+    if newest_close is None:
         raise Refusal(f"refused: no {tf} bar of the candidates' symbols before {now.isoformat()}"
                       " (is the recorder running, or was the data imported?)")
-    age_h = (now - newest_bar).total_seconds() / 3600
-    if age_h > max_age_h:
-        raise Refusal(f"refused: stale data: the newest {tf} bar of the candidates' symbols opened at "
-                      f"{newest_bar.isoformat()}, {age_h:.1f} h before {now.isoformat()} "
-                      f"(selection.max_data_age_h = {max_age_h:g})")
+    lag_h = (now - newest_close).total_seconds() / 3600
+    allowed_h = max_age_h + tf_seconds(tf) / 3600
+    if lag_h > allowed_h:
+        raise Refusal(f"refused: stale data: the newest bar of the candidates' symbols closed at "
+                      f"{newest_close.isoformat()}, {lag_h:.1f} h before {now.isoformat()} (allowed: one {tf} bar"
+                      f" in progress + selection.max_data_age_h = {max_age_h:g} h)")
 
 
 def check_coverage(statuses: Sequence[str], min_share: float) -> None:

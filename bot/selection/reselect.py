@@ -37,7 +37,7 @@ import polars as pl
 from bot.analysis.pair_selection import Decision, decide
 from bot.config.model import BotConfig
 from bot.core.db import selection as repo
-from bot.core.db.market import bar_symbols, newest_bar_time, symbol_of, to_utc, token_of
+from bot.core.db.market import bar_symbols, newest_bar_close, symbol_of, to_utc, token_of
 from bot.research.model import LoadedModel, ModelError, load_model
 from bot.research.pairs_file import read_pairs
 from bot.research.sweep import run_sweep
@@ -181,7 +181,7 @@ async def _evaluate(db: Any, conn: Any, cfg: BotConfig, run_id: int, now: dt.dat
         raise Refusal(f"refused: no candidate pair ({cfg.selection.candidates_file} is empty, or no two symbols"
                       f" have {cfg.strategy.tf} bars from {train_start.isoformat()})")
     symbols = sorted({symbol_of(t) for pair in candidates for t in pair})
-    guards.check_freshness(await newest_bar_time(db, symbols, cfg.strategy.tf, now), now,
+    guards.check_freshness(await newest_bar_close(db, symbols, cfg.strategy.tf, now), now,
                            cfg.selection.max_data_age_h, cfg.strategy.tf)
     open_pairs = await repo.open_position_pairs(conn)
     current = {(token_of(r["token_1"]), token_of(r["token_2"])): r for r in await repo.read_pairs(conn)}

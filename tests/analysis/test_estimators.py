@@ -92,3 +92,22 @@ def test_degenerate_input_gives_nan_not_errors(bad: np.ndarray) -> None:
                   est.wilder_rsi(bad) if bad.size < 15 or np.isnan(bad).any() else math.nan,
                   est.corr(bad, other), est.distance(bad, other)[0] if np.isnan(bad).any() or bad.size < 3 else math.nan):
         assert math.isnan(value) or math.isinf(value)
+
+
+def test_sizing_vol_known_answer_and_no_look_ahead() -> None:
+    import math
+
+    rng = np.random.default_rng(3)
+    tf = 3600.0
+    r = rng.normal(0.0, 0.01, 400)
+    close = np.exp(np.cumsum(r))
+    ts = np.arange(400) * tf
+    # the last 50 complete bars before 300 h: bars 250..299, returns 251..299
+    want = float(np.std(np.diff(np.log(close[250:300])), ddof=1) * math.sqrt(24))
+    assert est.sizing_vol(ts, close, 300 * tf, 50, tf) == pytest.approx(want, rel=1e-12)
+    # an unaligned time inside bar 300 does not see bar 300's close; changing the future changes nothing
+    later = close.copy()
+    later[300:] *= 1.5
+    for before in (300 * tf, 300 * tf + 1800, 301 * tf - 1):
+        assert est.sizing_vol(ts, later, before, 50, tf) == pytest.approx(want, rel=1e-12)
+    assert math.isnan(est.sizing_vol(ts, close, 2 * tf, 50, tf))  # fewer than three bars

@@ -218,3 +218,14 @@ async def test_no_candidate_is_refused(db: Database, market, cfg) -> None:
     # no candidates file: every pair of symbols with bars over the whole train window; none has
     Path(cfg.selection.candidates_file).unlink()
     await _refused(db, cfg, before, market.start + dt.timedelta(days=3), "no candidate pair")
+
+
+async def test_a_4h_strategy_on_1h_bars_is_fresh(db: Database, market, cfg) -> None:
+    """Only 1h bars are stored: the 4h bars are built from them, and so is freshness."""
+    coarse = cfg.model_copy(update={
+        "strategy": cfg.strategy.model_copy(update={"tf": "4h", "wind": 6}),
+        "research": cfg.research.model_copy(update={"winds": (6,)}),
+        "selection": cfg.selection.model_copy(update={"allow_empty": True})})
+    rep = await reselect(db, coarse, now=market.end, executor=inproc)
+    assert rep.status == "ok"
+    assert (await _last_run(db))["status"] == "ok"

@@ -619,12 +619,16 @@ async def missing_bar_ranges(db: Any, symbols: Sequence[str], tf: str, start: An
     return out
 
 
-async def newest_bar_time(db: Any, symbols: Sequence[str], tf: str, before: Any) -> dt.datetime | None:
-    """Open time of the newest `tf` bar of any of `symbols` opening before `before` (None: no bar)."""
+async def newest_bar_close(db: Any, symbols: Sequence[str], tf: str, before: Any) -> dt.datetime | None:
+    """Close time (open + length) of the newest complete bar of any of `symbols` at `before`,
+    over `tf` and the finer timeframes `tf` bars are built from (read_bars); None: no bar."""
+    tfs = [tf, *finer_timeframes(tf)]
     async with _pool_of(db).acquire() as conn:
         value = await conn.fetchval(
-            "SELECT max(open_time) FROM bars WHERE tf = $1 AND symbol = ANY($2::text[]) AND open_time < $3",
-            tf, list(symbols), to_utc(before))
+            "SELECT max(open_time + make_interval(secs => s.secs)) FROM bars"
+            " JOIN unnest($1::text[], $2::float8[]) AS s(tf, secs) ON bars.tf = s.tf"
+            " WHERE symbol = ANY($3::text[]) AND open_time + make_interval(secs => s.secs) <= $4",
+            tfs, [float(tf_seconds(t)) for t in tfs], list(symbols), to_utc(before))
     return None if value is None else to_utc(value)
 
 

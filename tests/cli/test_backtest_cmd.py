@@ -140,3 +140,26 @@ async def test_a_timeframe_that_cannot_be_built_is_a_clear_error(db: Database) -
     assert res.returncode == 2
     line = res.stderr.strip().splitlines()[-1]
     assert "15m" in line and f"{g.leader}: 1h" in line and "5m" in line
+
+
+async def test_direct_coarse_bars_for_part_of_the_range_are_completed_from_finer(db: Database) -> None:
+    import datetime as dt
+
+    import polars as pl
+
+    from bot.core.db.market import copy_bars, read_bars
+
+    g = generate(n_symbols=10, days=12, quote_interval_s=60.0, seed=4).groups[0]
+    sym = f"{g.leader}USDT"
+    lo, hi = dt.datetime(2025, 1, 2, tzinfo=dt.UTC), dt.datetime(2025, 1, 9, tzinfo=dt.UTC)
+    built = await read_bars(db, [sym], "4h", lo, hi)
+    # one late day of "imported" 4h bars, with a marker close: they win over the built ones
+    late = built.filter(pl.col("ts") >= dt.datetime(2025, 1, 8, tzinfo=dt.UTC).timestamp())
+    await copy_bars(db, late.with_columns(pl.col("close") * 0 + 1.2345).rename({"ts": "open_time"}), "4h")
+    try:
+        got = await read_bars(db, [sym], "4h", lo, hi)
+        assert got["ts"].to_list() == built["ts"].to_list()  # the older days are built from 1h
+        assert (got.filter(pl.col("close") == 1.2345).height == late.height == 6)
+    finally:
+        async with db.pool.acquire() as conn:
+            await conn.execute("DELETE FROM bars WHERE symbol = $1 AND tf = '4h'", sym)

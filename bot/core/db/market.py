@@ -15,6 +15,7 @@ import asyncio
 import datetime as dt
 import io
 import logging
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -523,18 +524,23 @@ async def read_bars(db: Any, symbols: Sequence[str], tf: str, start: Any, end: A
         " ORDER BY open_time, symbol",
         tf, list(symbols), to_utc(start), to_utc(end), schema=_BAR_SCHEMA,
     )
-    have = set(direct.get_column("symbol").unique().to_list()) if direct.height else set()
-    missing = [s for s in symbols if s not in have]
+    step = tf_seconds(tf)
+    first = dict(direct.group_by("symbol").agg(pl.col("ts").min()).iter_rows()) if direct.height else {}
+    # no direct bar, or direct bars only from later on (older history stored in finer bars)
+    missing = [s for s in symbols if first.get(s, math.inf) > to_utc(start).timestamp() + step]
     parts = [direct]
     for src in finer_timeframes(tf):
         if not missing:
             break
         built = await read_resampled_bars(db, missing, src, tf, start, end)
         if built.height:
+            # a stored bar wins over a built one of the same slot
+            built = built.join(direct.select("symbol", "ts"), on=["symbol", "ts"], how="anti")
             got = set(built.get_column("symbol").unique().to_list())
-            log.info("%s bars of %s built from stored %s bars", tf, ", ".join(sorted(got)), src)
-            parts.append(built)
-            missing = [s for s in missing if s not in got]
+            if got:
+                log.info("%s bars of %s built from stored %s bars", tf, ", ".join(sorted(got)), src)
+                parts.append(built)
+                missing = [s for s in missing if s not in got]
     if len(parts) == 1:
         return direct
     return pl.concat(parts).sort(["ts", "symbol"])

@@ -113,7 +113,7 @@ async def run_backtest_from_db(db: Any, cfg: BotConfig, t1: str, t2: str, start:
     if hi <= lo:
         raise UsageError(f"no tick of {t1}/{t2} between {start:%Y-%m-%d %H:%M} and {end:%Y-%m-%d %H:%M}")
     ticks = slice_ticks(zs[p.z_key], lo, hi)
-    res = run_backtest(ticks, signal_params(p, strategy), window_sizing(inp, strategy, start.timestamp()),
+    res = run_backtest(ticks, signal_params(p, strategy), window_sizing(inp, strategy, start.timestamp(), p.wind),
                        strategy.force_close, token_1=t1, token_2=t2)
     metrics = analyze_strategy(res.trades, start, end, strategy.balance)
     is_quote = inp.is_quote if inp.is_quote is not None else np.full(inp.tick_ts.shape, not inp.bars_only)

@@ -86,13 +86,15 @@ def signal_params(p: ParamSet, s: StrategyConfig) -> SignalParams:
                         s.latency_s)
 
 
-def window_sizing(inp: PairInput, s: StrategyConfig, start_ts: float) -> SizingParams:
+def window_sizing(inp: PairInput, s: StrategyConfig, start_ts: float, wind: int) -> SizingParams:
     """Sizing of a backtest of the window starting at `start_ts`: the instrument's steps, min
     qty and min notional, and for vol_neutral the volatilities known at the window's start
-    (est.sizing_vol over the strategy's `wind` bars before it; usdt_neutral when unknown)."""
+    (est.sizing_vol over the `wind` bars before it, `wind` being the parameter set's z-score
+    window, so `bot backtest --wind W` and a sweep's set with wind W size alike;
+    usdt_neutral when unknown)."""
     tf_s = tf_seconds(s.tf)
-    std_1 = est.sizing_vol(inp.bar_ts, inp.close_1, start_ts, s.wind, tf_s)
-    std_2 = est.sizing_vol(inp.bar_ts, inp.close_2, start_ts, s.wind, tf_s)
+    std_1 = est.sizing_vol(inp.bar_ts, inp.close_1, start_ts, wind, tf_s)
+    std_2 = est.sizing_vol(inp.bar_ts, inp.close_2, start_ts, wind, tf_s)
     ok = math.isfinite(std_1) and math.isfinite(std_2) and std_1 > 0 and std_2 > 0
     return SizingParams(s.balance, s.order_size, s.min_order_size, s.leverage,
                         s.qty_method if (ok or s.qty_method != "vol_neutral") else "usdt_neutral",
@@ -181,13 +183,14 @@ def run_pair(
                  coverage=quote_coverage(inp.tick_ts, is_quote, inp.train_start, inp.valid_time, tf_s),
                  corr=est.corr(np.diff(l1), np.diff(l2)), dist=dist, std=dist_std,
                  pv_1=est.engle_granger(l1, l2).pvalue, pv_2=est.engle_granger(l2, l1).pvalue)
-    sizing = window_sizing(inp, strategy, inp.train_start)
+    sizings = {w: window_sizing(inp, strategy, inp.train_start, w) for w in winds}
 
     t0 = time.perf_counter()
     feature_cache: dict[Any, Any] = {}
     t_feat = 0.0
     for p in param_sets:
-        res = run_backtest(slice_ticks(zs[p.z_key], lo, mid), signal_params(p, strategy), sizing, strategy.force_close,
+        res = run_backtest(slice_ticks(zs[p.z_key], lo, mid), signal_params(p, strategy), sizings[p.wind],
+                           strategy.force_close,
                            token_1=inp.token_1, token_2=inp.token_2)
         metrics = analyze_strategy(res.trades, inp.train_start, inp.valid_time, strategy.balance)
         summary = _summary(p, metrics)
@@ -209,8 +212,8 @@ def run_pair(
     out.timings["backtests_s"] = time.perf_counter() - t0 - t_feat
     out.timings["features_s"] = t_feat
 
-    ind = run_backtest(slice_ticks(zs[default.z_key], lo, mid), signal_params(default, strategy), sizing,
-                       strategy.force_close)
+    ind = run_backtest(slice_ticks(zs[default.z_key], lo, mid), signal_params(default, strategy),
+                       sizings[default.wind], strategy.force_close)
     ind_m = analyze_strategy(ind.trades, inp.train_start, inp.valid_time, strategy.balance)
     stats.update(pr_ind=ind_m["pr"], pr_rat_ind=ind_m["pr_rat"])
     if out.summaries:
@@ -224,7 +227,7 @@ def run_pair(
         if hi > mid:
             bp = next(p for p in param_sets if p.param_id == best["param_id"])
             test = run_backtest(slice_ticks(zs[bp.z_key], mid, hi), signal_params(bp, strategy),
-                                window_sizing(inp, strategy, inp.valid_time), True)
+                                window_sizing(inp, strategy, inp.valid_time, bp.wind), True)
             tm = analyze_strategy(test.trades, inp.valid_time, inp.end_time, strategy.balance)
             stats.update(pr_test=tm["pr"], pr_rat_test=tm["pr_rat"], loss_test=tm["loss"],
                          max_drdn_test=tm["max_drdn"], dur_test=tm["avg_dur"], trades_test=tm["trades"])

@@ -83,7 +83,10 @@ async def test_backtest_and_research_give_identical_trades(db: Database) -> None
     try:
         run = await run_backtest_from_db(db, cfg, t1, t2, start, end, cfg.strategy.model_dump())
         p = default_params(cfg.strategy)
-        rep = await run_sweep(db, cfg, [(t1, t2)], iters=1, seed=0, train_start=start, valid_time=end,
+        # the sweep's configured wind differs from the set's: sizing follows the set (wind 48)
+        sweep_cfg = cfg.model_copy(update={"strategy": cfg.strategy.model_copy(update={"wind": 24})})
+        assert p.wind == 48 and sweep_cfg.strategy.wind == 24
+        rep = await run_sweep(db, sweep_cfg, [(t1, t2)], iters=1, seed=0, train_start=start, valid_time=end,
                               end_time=end, param_sets=[p], with_features=True, executor=_inproc)
     finally:
         async with db.pool.acquire() as conn:

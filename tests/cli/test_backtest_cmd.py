@@ -166,3 +166,33 @@ async def test_direct_coarse_bars_for_part_of_the_range_are_completed_from_finer
     finally:
         async with db.pool.acquire() as conn:
             await conn.execute("DELETE FROM bars WHERE symbol = $1 AND tf = '4h'", sym)
+
+
+async def test_direct_coarse_bars_that_stop_early_or_have_holes_are_completed(db: Database) -> None:
+    """Imported 4h bars from the range's start that stop early and have a hole: the hole and
+    the tail are built from 1h, the stored bars win, no slot is lost or doubled."""
+    import datetime as dt
+
+    import polars as pl
+
+    from bot.core.db.market import copy_bars, read_bars
+
+    g = generate(n_symbols=10, days=12, quote_interval_s=60.0, seed=4).groups[0]
+    sym = f"{g.leader}USDT"
+    lo, hi = dt.datetime(2025, 1, 2, tzinfo=dt.UTC), dt.datetime(2025, 1, 9, tzinfo=dt.UTC)
+    built = await read_bars(db, [sym], "4h", lo, hi)
+    assert built.height == 7 * 6
+    a, b = lo.timestamp(), dt.datetime(2025, 1, 6, tzinfo=dt.UTC).timestamp()
+    hole = dt.datetime(2025, 1, 5, 8, tzinfo=dt.UTC).timestamp()
+    mid = built.filter((pl.col("ts") >= a) & (pl.col("ts") < b) & (pl.col("ts") != hole))
+    await copy_bars(db, mid.with_columns(pl.col("close") * 0 + 1.2345).rename({"ts": "open_time"}), "4h")
+    try:
+        got = await read_bars(db, [sym], "4h", lo, hi)
+        assert got["ts"].to_list() == built["ts"].to_list()
+        marked = got.filter(pl.col("close") == 1.2345)
+        assert marked.height == mid.height == 23 and hole not in marked["ts"].to_list()
+        rest = got.filter(pl.col("close") != 1.2345)
+        assert rest.equals(built.filter(pl.col("ts").is_in(rest["ts"].to_list())))
+    finally:
+        async with db.pool.acquire() as conn:
+            await conn.execute("DELETE FROM bars WHERE symbol = $1 AND tf = '4h'", sym)

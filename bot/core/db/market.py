@@ -512,10 +512,13 @@ _BAR_SCHEMA = {"symbol": pl.Utf8, "ts": pl.Float64, "open": pl.Float64, "high": 
 async def read_bars(db: Any, symbols: Sequence[str], tf: str, start: Any, end: Any) -> pl.DataFrame:
     """Long frame of bars with start <= open_time < end: symbol, ts (epoch s), OHLCV.
 
-    A symbol with no stored `tf` bar in the range gets bars built from the coarsest
-    stored finer timeframe that divides `tf` (5m -> 15m, 1h -> 4h and
-    1d; see :func:`read_resampled_bars`), so every timeframe of strategy.md section 1
-    works from what the recorder and backfill store (5m and 1h).
+    Every `tf` slot (UTC-aligned, date_bin from the epoch) of a symbol that holds no stored
+    `tf` bar (none at all, a late start, a hole, an early stop) gets a bar built from the
+    coarsest stored finer timeframe that divides `tf` and covers the slot completely
+    (5m -> 15m, 1h -> 4h and 1d; see :func:`read_resampled_bars`); a stored bar always
+    wins over a built one. So every timeframe of strategy.md section 1 works from what
+    the recorder and backfill store (5m and 1h), and a coarse series imported for part of
+    the range is completed rather than cut.
     """
     direct = await read_frame(
         db,
@@ -524,26 +527,44 @@ async def read_bars(db: Any, symbols: Sequence[str], tf: str, start: Any, end: A
         " ORDER BY open_time, symbol",
         tf, list(symbols), to_utc(start), to_utc(end), schema=_BAR_SCHEMA,
     )
-    step = tf_seconds(tf)
-    first = dict(direct.group_by("symbol").agg(pl.col("ts").min()).iter_rows()) if direct.height else {}
-    # no direct bar, or direct bars only from later on (older history stored in finer bars)
-    missing = [s for s in symbols if first.get(s, math.inf) > to_utc(start).timestamp() + step]
+    step = float(tf_seconds(tf))
+    lo_ts, hi_ts = to_utc(start).timestamp(), to_utc(end).timestamp()
+    first_slot = math.ceil(lo_ts / step) * step
+    stored = {k[0]: g.get_column("ts").to_numpy() for k, g in direct.group_by("symbol")} if direct.height else {}
+    gaps = [(sym, a, b) for sym in dict.fromkeys(symbols)
+            for a, b in _slot_gaps(stored.get(sym, np.empty(0)), first_slot, hi_ts, step)]
     parts = [direct]
     for src in finer_timeframes(tf):
-        if not missing:
+        if not gaps:
             break
-        built = await read_resampled_bars(db, missing, src, tf, start, end)
+        built = await read_resampled_bars(db, gaps, src, tf)
         if built.height:
-            # a stored bar wins over a built one of the same slot
-            built = built.join(direct.select("symbol", "ts"), on=["symbol", "ts"], how="anti")
-            got = set(built.get_column("symbol").unique().to_list())
-            if got:
-                log.info("%s bars of %s built from stored %s bars", tf, ", ".join(sorted(got)), src)
-                parts.append(built)
-                missing = [s for s in missing if s not in got]
+            log.info("%s bars of %s built from stored %s bars", tf,
+                     ", ".join(sorted(set(built.get_column("symbol").to_list()))), src)
+            parts.append(built)
+            # the slots still empty go on to the next finer timeframe
+            have = {k[0]: g.get_column("ts").to_numpy() for k, g in built.group_by("symbol")}
+            gaps = [(sym, c, d) for sym, a, b in gaps
+                    for c, d in _slot_gaps(_within(have.get(sym), a, b), a, b, step)]
     if len(parts) == 1:
         return direct
     return pl.concat(parts).sort(["ts", "symbol"])
+
+
+def _within(ts: np.ndarray | None, a: float, b: float) -> np.ndarray:
+    if ts is None:
+        return np.empty(0)
+    return ts[(ts >= a) & (ts < b)]
+
+
+def _slot_gaps(ts: np.ndarray, first_slot: float, end: float, step: float) -> list[tuple[float, float]]:
+    """Ranges [a, b) of slot open times in [first_slot, end) with no open time in sorted `ts`
+    (a missing head, holes, a missing tail), slots being first_slot + k * step."""
+    edges = np.concatenate([[first_slot - step], np.sort(ts), [math.ceil(end / step) * step]])
+    d = np.diff(edges)
+    idx = np.nonzero(d > step * 1.5)[0]
+    return [(float(edges[i] + step), float(min(edges[i + 1], end))) for i in idx
+            if edges[i] + step < end]
 
 
 def finer_timeframes(tf: str) -> list[str]:
@@ -552,23 +573,29 @@ def finer_timeframes(tf: str) -> list[str]:
     return sorted((t for t, s in TF_SECONDS.items() if s < n and n % s == 0), key=lambda t: -TF_SECONDS[t])
 
 
-async def read_resampled_bars(db: Any, symbols: Sequence[str], src: str, tf: str, start: Any,
-                              end: Any) -> pl.DataFrame:
-    """`tf` bars built from stored `src` bars: open of the first, max high, min low, close of
-    the last, summed volume, per UTC-aligned `tf` interval (date_bin from the epoch). Only
-    complete bars: every one of the tf / src source bars must be stored, so a hole never
-    makes a short bar that looks whole."""
+async def read_resampled_bars(db: Any, ranges: Sequence[tuple[str, float, float]], src: str,
+                              tf: str) -> pl.DataFrame:
+    """`tf` bars built from stored `src` bars, for the slots in each (symbol, lo, hi) range
+    (epoch seconds, lo on the tf grid, hi exclusive): open of the first, max high, min low,
+    close of the last, summed volume, per UTC-aligned `tf` interval (date_bin from the
+    epoch). Only complete bars: every one of the tf / src source bars must be stored and
+    inside the range, so a hole never makes a short bar that looks whole. One query."""
+    if not ranges:
+        return pl.DataFrame(schema=_BAR_SCHEMA)
     n_src = tf_seconds(tf) // tf_seconds(src)
     return await read_frame(
         db,
         "SELECT symbol, extract(epoch FROM b)::float8 AS ts, (array_agg(open ORDER BY open_time))[1] AS open,"
         " max(high) AS high, min(low) AS low, (array_agg(close ORDER BY open_time DESC))[1] AS close,"
         " sum(volume) AS volume FROM ("
-        "   SELECT *, date_bin($5::interval, open_time, TIMESTAMPTZ '1970-01-01 00:00:00+00') AS b FROM bars"
-        "   WHERE tf = $1 AND symbol = ANY($2::text[]) AND open_time >= $3 AND open_time < $4"
-        " ) q WHERE b >= $3 GROUP BY symbol, b HAVING count(*) = $6 ORDER BY b, symbol",
-        src, list(symbols), to_utc(start), to_utc(end), dt.timedelta(seconds=tf_seconds(tf)), n_src,
-        schema=_BAR_SCHEMA,
+        "   SELECT bars.symbol, bars.open_time, open, high, low, close, volume, r.lo,"
+        "     date_bin($2::interval, open_time, TIMESTAMPTZ '1970-01-01 00:00:00+00') AS b"
+        "   FROM unnest($3::text[], $4::float8[], $5::float8[]) AS r(symbol, lo, hi)"
+        "   JOIN bars ON bars.tf = $1 AND bars.symbol = r.symbol"
+        "     AND bars.open_time >= to_timestamp(r.lo) AND bars.open_time < to_timestamp(r.hi)"
+        " ) q WHERE b >= to_timestamp(lo) GROUP BY symbol, b HAVING count(*) = $6 ORDER BY b, symbol",
+        src, dt.timedelta(seconds=tf_seconds(tf)), [r[0] for r in ranges], [float(r[1]) for r in ranges],
+        [float(r[2]) for r in ranges], n_src, schema=_BAR_SCHEMA,
     )
 
 

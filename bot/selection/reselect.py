@@ -37,7 +37,7 @@ import polars as pl
 from bot.analysis.pair_selection import Decision, decide
 from bot.config.model import BotConfig
 from bot.core.db import selection as repo
-from bot.core.db.market import bar_symbols, newest_bar_close, symbol_of, to_utc, token_of
+from bot.core.db.market import first_bar_times, newest_bar_close, symbol_of, to_utc, token_of
 from bot.research.model import LoadedModel, ModelError, load_model
 from bot.research.pairs_file import read_pairs
 from bot.research.sweep import run_sweep
@@ -105,9 +105,9 @@ async def _candidates(db: Any, cfg: BotConfig, train_start: dt.datetime) -> list
     path = Path(cfg.selection.candidates_file)
     if path.exists():
         return read_pairs(path)
-    syms = await bar_symbols(db, cfg.strategy.tf)
-    ok = sorted(token_of(s) for s, first in zip(syms["symbol"], syms["first_ts"], strict=True)
-                if first <= train_start.timestamp())
+    # symbols whose bars (stored in tf, or finer ones tf bars are built from) reach back to train_start
+    firsts = await first_bar_times(db, cfg.strategy.tf)
+    ok = sorted(token_of(s) for s, first in firsts.items() if first <= train_start.timestamp())
     return [(a, b) for i, a in enumerate(ok) for b in ok[i + 1:]]
 
 

@@ -229,3 +229,19 @@ async def test_a_4h_strategy_on_1h_bars_is_fresh(db: Database, market, cfg) -> N
     rep = await reselect(db, coarse, now=market.end, executor=inproc)
     assert rep.status == "ok"
     assert (await _last_run(db))["status"] == "ok"
+
+
+async def test_without_a_candidates_file_coarse_bars_are_found_in_finer_ones(db: Database, market, cfg) -> None:
+    """No candidates file, a 4h strategy, only 1h (and 5m) bars stored: every symbol whose
+    finer bars reach back to the train start is a candidate (not none)."""
+    Path(cfg.selection.candidates_file).unlink()
+    coarse = cfg.model_copy(update={
+        "strategy": cfg.strategy.model_copy(update={"tf": "4h", "wind": 6}),
+        "research": cfg.research.model_copy(update={"winds": (6,)}),
+        "selection": cfg.selection.model_copy(update={"allow_empty": True})})
+    async with db.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM bars WHERE tf = '4h'") == 0
+    rep = await reselect(db, coarse, now=market.end, executor=inproc, dry_run=True)
+    assert rep.status == "dry-run"
+    n = len(market.symbols)
+    assert len(rep.decisions) == n * (n - 1) // 2

@@ -616,6 +616,16 @@ async def bar_symbols(db: Any, tf: str) -> pl.DataFrame:
     )
 
 
+async def first_bar_times(db: Any, tf: str) -> dict[str, float]:
+    """Per symbol, the open time (epoch s) of its first bar that `tf` bars can be read or
+    built from (read_bars): stored `tf` bars and the finer timeframes dividing it."""
+    async with _pool_of(db).acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT symbol, extract(epoch FROM min(open_time))::float8 AS first_ts FROM bars"
+            " WHERE tf = ANY($1::text[]) GROUP BY symbol ORDER BY symbol", [tf, *finer_timeframes(tf)])
+    return {r["symbol"]: float(r["first_ts"]) for r in rows}
+
+
 async def missing_bar_ranges(db: Any, symbols: Sequence[str], tf: str, start: Any,
                              end: Any) -> dict[str, list[tuple[float, float]]]:
     """Per symbol, the ranges [lo, hi) of open times in [start, end) that hold no stored bar.

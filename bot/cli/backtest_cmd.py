@@ -76,6 +76,8 @@ class BacktestRun:
     metrics: dict[str, Any]
     skipped_entries: int
     coverage: float
+    median_length: int = 1
+    bars_only: bool = False
 
 
 async def run_backtest_from_db(db: Any, cfg: BotConfig, t1: str, t2: str, start: dt.datetime,
@@ -108,7 +110,8 @@ async def run_backtest_from_db(db: Any, cfg: BotConfig, t1: str, t2: str, start:
                                p.wind, info, False)
     except SkipPair as why:
         raise UsageError(f"{t1}/{t2}: {why}; {await _what_is_stored(db, t1, t2, strategy.tf)}") from None
-    zs = z_ticks(inp, {p.z_key}, p.tf, tick_median_length(inp, strategy))
+    m = tick_median_length(inp, strategy)
+    zs = z_ticks(inp, {p.z_key}, p.tf, m)
     lo, hi = window_slice(inp, start.timestamp(), end.timestamp())
     if hi <= lo:
         raise UsageError(f"no tick of {t1}/{t2} between {start:%Y-%m-%d %H:%M} and {end:%Y-%m-%d %H:%M}")
@@ -121,7 +124,7 @@ async def run_backtest_from_db(db: Any, cfg: BotConfig, t1: str, t2: str, start:
     zdf = pl.DataFrame({"ts": ticks.ts, "z_score": ticks.z}).with_columns(
         pl.from_epoch((pl.col("ts") * 1e6).round().cast(pl.Int64), time_unit="us").dt.replace_time_zone("UTC")
         .alias("time"))
-    return BacktestRun(zdf, res.trades, metrics, res.skipped_entries, coverage)
+    return BacktestRun(zdf, res.trades, metrics, res.skipped_entries, coverage, m, inp.bars_only)
 
 
 async def _what_is_stored(db: Any, t1: str, t2: str, tf: str) -> str:
@@ -199,6 +202,9 @@ def cmd_backtest(args: argparse.Namespace, cfg: BotConfig) -> int:
     print(f"  {'skipped_entries':15s} {run_.skipped_entries}  (entries not sized: below min_order_size,"
           " the instrument's min qty or min notional)")
     cov = run_.coverage
+    if args.median_length is not None and run_.median_length != args.median_length:
+        print(f"WARNING: --median-length {args.median_length} not applied: {t1}/{t2} has no quotes in the"
+              " window (bars-only ticks), where the tick median is off (1), as in research", file=sys.stderr)
     print(f"  {'coverage':15s} {cov:.4f}  (share of the window's bars traded on quotes; the rest on bar closes)")
     if cov < 1.0:
         print(f"WARNING: quotes cover {cov:.1%} of the window's bars; the others trade on bar-close ticks"

@@ -196,3 +196,24 @@ async def test_direct_coarse_bars_that_stop_early_or_have_holes_are_completed(db
     finally:
         async with db.pool.acquire() as conn:
             await conn.execute("DELETE FROM bars WHERE symbol = $1 AND tf = '4h'", sym)
+
+
+async def test_median_length_on_bars_only_data_is_said_not_applied(db: Database) -> None:
+    g = generate(n_symbols=10, days=12, quote_interval_s=60.0, seed=4).groups[0]
+    syms = [f"{g.leader}USDT", f"{g.members[0]}USDT"]
+    async with db.pool.acquire() as conn:
+        saved = await conn.fetch("SELECT * FROM quotes WHERE symbol = ANY($1::text[])", syms)
+        await conn.execute("DELETE FROM quotes WHERE symbol = ANY($1::text[])", syms)
+    try:
+        res = run_bot("backtest", g.leader, g.members[0], "--start", "2025-01-05", "--end", "2025-01-12",
+                      "--wind", "48", "--median-length", "5", env={"BOT_DATABASE_DSN": db.dsn})
+        plain = run_bot("backtest", g.leader, g.members[0], "--start", "2025-01-05", "--end", "2025-01-12",
+                        "--wind", "48", env={"BOT_DATABASE_DSN": db.dsn})
+    finally:
+        async with db.pool.acquire() as conn:
+            await conn.copy_records_to_table("quotes", records=[tuple(r) for r in saved],
+                                             columns=list(saved[0].keys()))
+    assert res.returncode == 0, res.stderr
+    assert "--median-length 5 not applied" in res.stderr and "bars-only" in res.stderr
+    assert "not applied" not in plain.stderr
+    assert res.stdout == plain.stdout

@@ -80,6 +80,20 @@ async def test_uncovered_bars_trade_on_bar_close_ticks(db: Database, market) -> 
     assert full[f"{c}_bid_size"].null_count() == 0
 
 
+async def test_bar_close_ticks_never_carry_a_close_after_the_window_end(db: Database, market) -> None:
+    """An unaligned end (10:30): the 10:00 bar closes at 11:00, after the end, so it gives
+    no bar-close tick; the 09:00 bar (closing at 10:00) does."""
+    a, b = market.symbols[:2]
+    start = START + dt.timedelta(days=4)
+    end = START + dt.timedelta(days=6, hours=10, minutes=30)
+    ticks, agg = await load_pair_data(db, a, b, start, end, "1h", 24)
+    assert ticks["ts"].max() == (START + dt.timedelta(days=6, hours=9)).timestamp()
+    assert agg["ts"].max() == (START + dt.timedelta(days=6, hours=10)).timestamp()  # the bar itself is loaded
+    # aligned: the last bar of the window gives its tick
+    aligned, _ = await load_pair_data(db, a, b, start, end.replace(minute=0), "1h", 24)
+    assert aligned["ts"].max() == (START + dt.timedelta(days=6, hours=9)).timestamp()
+
+
 async def test_coverage_is_recorded_in_the_stats_rows(db: Database, market, cfg, tmp_path: Path) -> None:
     a, b = market.symbols[:2]
     c, d = market.symbols[2:4]

@@ -776,7 +776,8 @@ async def load_pair_data(db: Any, token_1: str, token_2: str, start: Any, end: A
                                     & (pl.col("ts") >= lo.timestamp()) & (pl.col("ts") < hi.timestamp()))
     else:
         quotes = await read_quotes(db, [symbol_of(t1), symbol_of(t2)], lo, hi)
-    window_bars = agg.filter(pl.col("time") >= lo)
+    # a bar-close tick carries the bar's close: only bars that close inside the window
+    window_bars = agg.filter((pl.col("time") >= lo) & (pl.col("ts") + tf_s <= hi.timestamp()))
     qticks = _quote_ticks(quotes, t1, t2) if quotes.height else None
     if qticks is None or qticks.height == 0:
         log.debug("no quotes for %s/%s in range: bars-only mode", t1, t2)

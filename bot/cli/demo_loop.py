@@ -9,6 +9,7 @@ configured behaviour.
 from __future__ import annotations
 
 import datetime as dt
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,9 @@ def demo_config(cfg: BotConfig, work: Path, days: float, database: DatabaseConfi
     test = max(2, int(days * 0.1))
     work = work.resolve()
     db = database or cfg.database
-    if db.dsn is None:
-        db = db.model_copy(update={"embedded_dir": str(Path(db.embedded_dir).resolve())})
+    # absolute even with a DSN: a DSN with a password is not written, and the file then
+    # falls back to this directory unless the environment gives the DSN again
+    db = db.model_copy(update={"embedded_dir": str(Path(db.embedded_dir).resolve())})
     return cfg.model_copy(update={
         "database": db,
         "strategy": cfg.strategy.model_copy(update={"wind": 36, "min_order_size": 0.0, "sl_method": "cooldown"}),
@@ -62,12 +64,20 @@ def next_steps(config_path: Path, market: Any, dcfg: BotConfig, pairs: list[tupl
     end = market.end.isoformat()
     start = (market.end - dt.timedelta(days=dcfg.selection.train_days)).isoformat()
     t1, t2 = pairs[0] if pairs else (market.groups[0].leader, market.groups[0].members[0])
-    c = f"bot --config {config_path}"
-    return [f"{c} data info",
-            f"{c} reselect --as-of {end} --dry-run",
-            f"{c} reselect --as-of {end}",
-            f"{c} backtest {t1} {t2} --start {start} --end {end}",
-            f"{c} jobs"]
+    q = shlex.quote
+    c = f"bot --config {q(str(config_path))}"
+    steps = [f"{c} data info",
+             f"{c} reselect --as-of {q(end)} --dry-run",
+             f"{c} reselect --as-of {q(end)}",
+             f"{c} backtest {q(t1)} {q(t2)} --start {q(start)} --end {q(end)}",
+             f"{c} jobs"]
+    dsn = dcfg.database.dsn
+    if dsn:
+        from bot.config.secrets import dsn_has_password
+
+        if dsn_has_password(dsn):  # the file holds no DSN: the commands need it from the environment
+            steps.insert(0, "# the config holds no DSN with a password: export BOT_DATABASE_DSN first")
+    return steps
 
 
 async def run_loop(db: Any, cfg: BotConfig, market: Any, work: Path,

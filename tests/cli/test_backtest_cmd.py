@@ -10,6 +10,7 @@ from bot.cli.data_cmds import write_demo_market
 from bot.core.db.pool import Database
 from bot.core.demo_market import generate
 from tests.cli.test_cli import run_bot
+from tests.fakes.executor import inproc
 
 pytestmark = [pytest.mark.db, pytest.mark.asyncio(loop_scope="session")]
 
@@ -41,8 +42,6 @@ async def test_backtest_command_errors(db: Database) -> None:
 
 # ---------------------------------------------------------------- issue 11 items 6 and 8
 
-def _inproc(tasks, progress=None):
-    return [fn() for _t1, _t2, fn in tasks]
 
 
 TRADE_KEYS = ("open_ts", "close_ts", "pos_side", "qty_1", "qty_2", "open_price_1", "close_price_1",
@@ -87,7 +86,7 @@ async def test_backtest_and_research_give_identical_trades(db: Database) -> None
         sweep_cfg = cfg.model_copy(update={"strategy": cfg.strategy.model_copy(update={"wind": 24})})
         assert p.wind == 48 and sweep_cfg.strategy.wind == 24
         rep = await run_sweep(db, sweep_cfg, [(t1, t2)], iters=1, seed=0, train_start=start, valid_time=end,
-                              end_time=end, param_sets=[p], with_features=True, executor=_inproc)
+                              end_time=end, param_sets=[p], with_features=True, executor=inproc)
     finally:
         async with db.pool.acquire() as conn:
             await conn.execute("UPDATE instruments SET min_notional = 5 WHERE symbol = $1", f"{t1}USDT")

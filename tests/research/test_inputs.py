@@ -24,6 +24,7 @@ from bot.core.db.market import load_pair_data
 from bot.core.db.pool import Database
 from bot.core.demo_market import generate
 from bot.research.sweep import run_sweep
+from tests.fakes.executor import inproc
 
 pytestmark = [pytest.mark.db, pytest.mark.asyncio(loop_scope="session")]
 
@@ -32,8 +33,6 @@ DAYS = 24
 CUT = START + dt.timedelta(days=14)  # quotes before this are deleted for the "late recorder" pair
 
 
-def inproc(tasks, progress=None):
-    return [fn() for _t1, _t2, fn in tasks]
 
 
 @pytest.fixture(scope="module")

@@ -23,18 +23,11 @@ from bot.core.db.pool import Database
 from bot.core.db.positions import EXPOSED_STATUSES, POSITION_STATUSES
 from bot.core.demo_market import generate
 from bot.selection.reselect import ReselectError, reselect, token_pairs_text
+from tests.fakes.executor import inproc
 
 pytestmark = [pytest.mark.db, pytest.mark.asyncio(loop_scope="session")]
 
 
-def inproc(tasks, progress=None):
-    """The pair tasks run in this process (no worker start-up: these tests are about the guards)."""
-    out = []
-    for _t1, _t2, fn in tasks:
-        out.append(fn())
-        if progress is not None:
-            progress(out[-1])
-    return out
 
 
 @pytest.fixture(scope="module")

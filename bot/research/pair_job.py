@@ -63,6 +63,12 @@ class PairInput:
     refs: dict[str, np.ndarray] = field(default_factory=dict)
     is_quote: np.ndarray | None = None  # per tick: a quote tick (True) or a bar-close tick; None: all one kind
 
+    def quote_mask(self) -> np.ndarray:
+        """Per tick: True for a quote tick, False for a bar-close tick."""
+        if self.is_quote is not None:
+            return self.is_quote
+        return np.full(self.tick_ts.shape, not self.bars_only)
+
 
 @dataclass
 class PairOutcome:
@@ -178,9 +184,8 @@ def run_pair(
     std_1, std_2 = est.daily_return_std(inp.bar_ts[tb], l1), est.daily_return_std(inp.bar_ts[tb], l2)
     dist, dist_std = est.distance(l1, l2)
     stats: dict[str, Any] = dict.fromkeys(STATS_COLUMNS)
-    is_quote = inp.is_quote if inp.is_quote is not None else np.full(inp.tick_ts.shape, not inp.bars_only)
     stats.update(coin1=inp.token_1, coin2=inp.token_2, std_1=std_1, std_2=std_2,
-                 coverage=quote_coverage(inp.tick_ts, is_quote, inp.train_start, inp.valid_time, tf_s),
+                 coverage=quote_coverage(inp.tick_ts, inp.quote_mask(), inp.train_start, inp.valid_time, tf_s),
                  corr=est.corr(np.diff(l1), np.diff(l2)), dist=dist, std=dist_std,
                  pv_1=est.engle_granger(l1, l2).pvalue, pv_2=est.engle_granger(l2, l1).pvalue)
     sizings = {w: window_sizing(inp, strategy, inp.train_start, w) for w in winds}

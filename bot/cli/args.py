@@ -148,16 +148,15 @@ def check_known(tokens: Iterable[str], known: Iterable[str], name: str, where: s
 
 async def database_tokens(db: Any, bars_tf: str | None = None) -> tuple[list[str], str]:
     """Tokens the database knows: the instruments table, plus the symbols with `bars_tf`
-    bars when given; and a description of where they come from, for messages."""
-    from bot.core.db.market import bar_symbols, read_instruments
+    bars when given (stored, or built from stored finer bars: market.read_bars); and a
+    description of where they come from, for messages."""
+    from bot.core.db.market import first_bar_times, read_instruments
 
     inst = await read_instruments(db)
     tokens = {token_of(s) for s in inst.get_column("symbol").to_list()} if inst.height else set()
     where = "the instruments table"
     if bars_tf is not None:
-        bars = await bar_symbols(db, bars_tf)
-        if bars.height:
-            tokens |= {token_of(s) for s in bars.get_column("symbol").to_list()}
+        tokens |= {token_of(s) for s in await first_bar_times(db, bars_tf)}
         where = f"the database (instruments and {bars_tf} bars)"
     return sorted(tokens), where
 
@@ -167,6 +166,28 @@ async def require_known_tokens(db: Any, tokens: Iterable[str], name: str, *, bar
     """UsageError unless every token is an instrument (or, with `bars_tf`, has such bars)."""
     known, where = await database_tokens(db, bars_tf)
     check_known(tokens, known, name, where, hint)
+
+
+INSTRUMENT_REMEDIES = ("import a saved Bybit instruments-info answer with `bot data import <instruments-info.json>`,"
+                       " fetch them from the venue with `bot data instruments`, or pass --assume-instruments"
+                       " (qty steps derived from prices, no min qty or min notional)")
+
+
+async def require_instruments(db: Any, tokens: Iterable[str], name: str, *, assume: bool = False) -> None:
+    """UsageError naming every token without a row in the instruments table (the qty step,
+    min qty and min notional a backtest sizes with) and the remedies; `assume`
+    (--assume-instruments) accepts them (steps from prices, research.sweep.load_input)."""
+    if assume:
+        return
+    from bot.core.db.market import read_instruments
+
+    inst = await read_instruments(db)
+    have = sorted({token_of(s) for s in inst.get_column("symbol").to_list()}) if inst.height else []
+    missing = [t for t in dict.fromkeys(token_of(t) for t in tokens) if t not in set(have)]
+    if not missing:
+        return
+    holds = f"the instruments table holds {len(have)}: {_listing(have)}" if have else "the instruments table is empty"
+    raise UsageError(f"{name}: no instrument for {_listing(missing)} ({holds}); {INSTRUMENT_REMEDIES}")
 
 
 def timeframe(text: str, name: str = "--tf") -> str:

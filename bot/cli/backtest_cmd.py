@@ -17,6 +17,7 @@ from bot.cli.args import (
     UsageError,
     parse_time,
     positive_int,
+    require_instruments,
     require_known_tokens,
     timeframe,
     token_of,
@@ -53,6 +54,8 @@ def register(sub: Any) -> None:
     p.add_argument("--force-close", action="store_true", default=None)
     p.add_argument("--plot", metavar="FILE.png", help="draw z with entries/exits and the equity curve")
     p.add_argument("--max-rows", type=int, default=20, help="trades printed (default 20)")
+    p.add_argument("--assume-instruments", action="store_true",
+                   help="derive qty steps from prices when instruments are missing (imported candles), as research")
     p.set_defaults(func=cmd_backtest)
 
 
@@ -81,7 +84,8 @@ class BacktestRun:
 
 
 async def run_backtest_from_db(db: Any, cfg: BotConfig, t1: str, t2: str, start: dt.datetime,
-                               end: dt.datetime, s: dict[str, Any]) -> BacktestRun:
+                               end: dt.datetime, s: dict[str, Any], *,
+                               assume_instruments: bool = False) -> BacktestRun:
     """One pair over [start, end) through the research path (bot.research.pair_job), so `bot
     backtest` and `bot stats`/`bot sweep` give identical trades for the same pair, window
     and parameters: the same loader (bar-close ticks where quotes are missing), instrument
@@ -107,7 +111,7 @@ async def run_backtest_from_db(db: Any, cfg: BotConfig, t1: str, t2: str, start:
     info = (await coin_information(db))["bybit_linear"]
     try:
         inp = await load_input(db, cfg.model_copy(update={"strategy": strategy}), t1, t2, start, end, end,
-                               p.wind, info, False)
+                               p.wind, info, assume_instruments)
     except SkipPair as why:
         raise UsageError(f"{t1}/{t2}: {why}; {await _what_is_stored(db, t1, t2, strategy.tf)}") from None
     m = tick_median_length(inp, strategy)
@@ -187,8 +191,10 @@ def cmd_backtest(args: argparse.Namespace, cfg: BotConfig) -> int:
     async def run() -> BacktestRun:
         db = await open_database(cfg.database)
         try:
-            await require_known_tokens(db, [t1, t2], "T1/T2")
-            return await run_backtest_from_db(db, cfg, t1, t2, start, end, s)
+            await require_known_tokens(db, [t1, t2], "T1/T2", bars_tf=s["tf"])
+            await require_instruments(db, [t1, t2], "T1/T2", assume=args.assume_instruments)
+            return await run_backtest_from_db(db, cfg, t1, t2, start, end, s,
+                                              assume_instruments=args.assume_instruments)
         finally:
             await db.close()
 

@@ -21,12 +21,15 @@ def register(sub: Any) -> None:
     _demo_args(demo, quote_interval=5.0)
     demo.set_defaults(func=cmd_data_demo)
 
-    imp = data.add_parser("import", help="import candles or quotes from CSV/parquet files")
+    imp = data.add_parser("import", help="import candles or quotes (CSV/parquet) and instruments (a saved Bybit "
+                          "instruments-info answer, JSON); the kind is read from the content")
     imp.add_argument("paths", nargs="+", metavar="PATH")
     imp.add_argument("--tf", help="timeframe of candle files (default: inferred from the bar spacing)")
     imp.set_defaults(func=cmd_data_import)
 
-    info = data.add_parser("info", help="what the database holds")
+    info = data.add_parser("info", help="what the database holds: per symbol and timeframe the first and last "
+                           "bar, the count and the missing bars; the quotes' range per symbol")
+    info.add_argument("--json", action="store_true", help="print it as one JSON object")
     info.set_defaults(func=cmd_data_info)
 
     from bot.cli import exchange_cmds
@@ -167,18 +170,98 @@ async def _info(db: Any) -> None:
             print(f"bars {tf}: {int(b['n'].sum()):,} rows over {b.height} symbols")
 
 
+def _utc(ts: float | None, seconds: bool = False) -> str:
+    import datetime as dt
+
+    if ts is None:
+        return ""
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
+
+
+def _iso(ts: float | None) -> str | None:
+    import datetime as dt
+
+    return None if ts is None else dt.datetime.fromtimestamp(ts, dt.UTC).isoformat()
+
+
+def _table(headers: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
+    """Rows as aligned text columns (`right`: the columns aligned right, numbers)."""
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
+    return [line(headers), *(line(r) for r in rows)]
+
+
+async def data_info(db: Any) -> dict[str, Any]:
+    """What the database holds (`bot data info`): instruments, bar coverage per symbol and
+    timeframe (market.bar_coverage), quote range per symbol (market.quote_counts)."""
+    from bot.core.db.market import bar_coverage, quote_counts, read_instruments
+
+    inst = await read_instruments(db)
+    bars = await bar_coverage(db)
+    quotes = await quote_counts(db)
+    have = set(inst.get_column("symbol").to_list()) if inst.height else set()
+    bar_syms = sorted(set(bars.get_column("symbol").to_list())) if bars.height else []
+    return {
+        "instruments": inst.height,
+        "symbols_without_instrument": [s for s in bar_syms if s not in have],
+        "bars": [{"symbol": r["symbol"], "tf": r["tf"], "first": _iso(r["first_ts"]), "last": _iso(r["last_ts"]),
+                  "bars": r["n"], "missing": r["missing"], "holes": r["holes"], "largest_hole": r["largest_hole"]}
+                 for r in bars.iter_rows(named=True)],
+        "quotes": [{"symbol": r["symbol"], "first": _iso(r["first_ts"]), "last": _iso(r["last_ts"]), "quotes": r["n"]}
+                   for r in quotes.iter_rows(named=True)],
+        "_bars": bars, "_quotes": quotes,
+    }
+
+
+def print_data_info(info: dict[str, Any]) -> None:
+    bars, quotes = info["_bars"], info["_quotes"]
+    print(f"instruments: {info['instruments']}")
+    missing_inst = info["symbols_without_instrument"]
+    if missing_inst:
+        shown = ", ".join(missing_inst[:12]) + (f", ... ({len(missing_inst) - 12} more)" if len(missing_inst) > 12 else "")
+        print(f"  symbols with bars but no instrument: {len(missing_inst)} ({shown}); `bot data import "
+              "<instruments-info.json>` or `bot data instruments` fills them, or pass --assume-instruments")
+    if bars.height:
+        gappy = int((bars.get_column("missing").fill_null(0) > 0).sum())
+        print(f"bars: {int(bars['n'].sum()):,} rows, {bars.height} series (symbol, timeframe),"
+              f" {gappy} with missing bars")
+        rows = [[r["symbol"], r["tf"], _utc(r["first_ts"]), _utc(r["last_ts"]), f"{r['n']:,}",
+                 "" if r["missing"] is None else f"{r['missing']:,}", "" if r["holes"] is None else f"{r['holes']:,}",
+                 "" if r["largest_hole"] is None else f"{r['largest_hole']:,}"]
+                for r in bars.iter_rows(named=True)]
+        for ln in _table(["symbol", "tf", "first (UTC)", "last (UTC)", "bars", "missing", "holes", "largest hole"],
+                         rows, {4, 5, 6, 7}):
+            print(f"  {ln}")
+    else:
+        print("bars: none")
+    if quotes.height:
+        print(f"quotes: {int(quotes['n'].sum()):,} rows over {quotes.height} symbols")
+        rows = [[r["symbol"], _utc(r["first_ts"], True), _utc(r["last_ts"], True), f"{r['n']:,}"]
+                for r in quotes.iter_rows(named=True)]
+        for ln in _table(["symbol", "first (UTC)", "last (UTC)", "quotes"], rows, {3}):
+            print(f"  {ln}")
+    else:
+        print("quotes: none")
+
+
 def cmd_data_info(args: argparse.Namespace, cfg: BotConfig) -> int:
     from bot.core.db.pool import open_database
 
-    async def run() -> int:
+    async def run() -> dict[str, Any]:
         db = await open_database(cfg.database)
         try:
-            await _info(db)
+            return await data_info(db)
         finally:
             await db.close()
-        return 0
 
-    return asyncio.run(run())
+    info = asyncio.run(run())
+    if args.json:
+        print(json.dumps({k: v for k, v in info.items() if not k.startswith("_")}, indent=2))
+    else:
+        print_data_info(info)
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace, cfg: BotConfig) -> int:

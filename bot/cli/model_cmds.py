@@ -16,6 +16,7 @@ from bot.cli.args import (
     pairs_file,
     parse_time,
     positive_int,
+    require_instruments,
     window,
 )
 from bot.config import BotConfig
@@ -28,7 +29,8 @@ def register(sub: Any) -> None:
     p.add_argument("--end", required=True, help="end of the last test window")
     p.add_argument("--iters", type=int, help="parameter sets per pair and window (default: research.iters)")
     p.add_argument("--workers", type=int)
-    p.add_argument("--assume-instruments", action="store_true")
+    p.add_argument("--assume-instruments", action="store_true",
+                   help="derive qty steps from prices when instruments are missing (imported candles)")
     p.add_argument("--out", help="parquet export (default: <data_dir>/dataset.parquet)")
     p.set_defaults(func=cmd_dataset)
 
@@ -66,6 +68,8 @@ def cmd_dataset(args: argparse.Namespace, cfg: BotConfig) -> int:
     async def run() -> tuple[int, pl.DataFrame]:
         db = await open_database(cfg.database)
         try:
+            await require_instruments(db, [t for pair in pairs for t in pair], "--pairs",
+                                      assume=args.assume_instruments)
             return await build_dataset(db, cfg, pairs, start, end, iters=args.iters, workers=args.workers,
                                        assume_instruments=args.assume_instruments)
         finally:

@@ -8,7 +8,15 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-from bot.cli.args import Problems, output_file, pairs_file, parse_time, positive_int, window
+from bot.cli.args import (
+    Problems,
+    output_file,
+    pairs_file,
+    parse_time,
+    positive_int,
+    require_instruments,
+    window,
+)
 from bot.config import BotConfig
 
 
@@ -62,6 +70,8 @@ def cmd_research(args: argparse.Namespace, cfg: BotConfig) -> int:
     async def run() -> Any:
         db = await open_database(cfg.database)
         try:
+            await require_instruments(db, [t for pair in pairs for t in pair], "--pairs",
+                                      assume=args.assume_instruments)
             return await run_sweep(
                 db, cfg, pairs, iters=len(sets), seed=seed, param_sets=sets,
                 train_start=start, valid_time=valid, end_time=end, workers=args.workers,

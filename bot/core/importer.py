@@ -1,4 +1,4 @@
-"""`bot data import`: candles and quotes from CSV or parquet files.
+"""`bot data import`: candles and quotes from CSV or parquet files, instruments from JSON.
 
 Candles: a time column (`date`, `time`, `timestamp`, `open_time` or `ts`; datetimes,
 ISO strings, or epoch s/ms integers), `open`, `high`, `low`, `close`, optional
@@ -11,13 +11,30 @@ Quotes: `bid_price`/`ask_price` (or `bid`/`ask`) with sizes (`bid_qty`/`bid_size
 and a symbol. Quotes are stored as snapshots at whole seconds: the last quote of
 each second per symbol (the recorder samples every 5 s anyway).
 
+Instruments: a saved answer of Bybit's GET /v5/market/instruments-info (category
+linear), `{"retCode": 0, "result": {"category": "linear", "list": [...],
+"nextPageCursor": ...}}`, e.g. `curl
+'https://api.bybit.com/v5/market/instruments-info?category=linear&limit=1000'`.
+Every entry goes through the live refresh's parser (`bybit.instrument_from_json`:
+qtyStep, minOrderQty, tickSize required and positive, minNotionalValue >= 0, exact
+decimals as written) and is upserted into `instruments`, as `bot data instruments`
+does. One page per file: an answer whose nextPageCursor is set is imported and the
+cursor is reported (import the next pages too).
+
+The kind of a file is read from its content: a file whose first non-blank
+character is `{` or `[` (or named `*.json`) is an instruments-info answer; otherwise
+CSV/parquet columns decide (bid/ask: quotes, open/high/low/close: candles).
+
 Every file is validated whole before anything is written: columns, types, time
-order per symbol (strictly increasing), positive prices, high/low consistency.
-One bad row rejects the file, naming the file and the row (1-based, as in the file).
+order per symbol (strictly increasing), positive prices, high/low consistency; for
+instruments the answer's shape (retCode 0, result.list) and every entry's fields.
+One bad row rejects the file, naming the file and the row (1-based, as in the file)
+or the field (`result.list[1] (ETHUSDT).lotSizeFilter.qtyStep: missing`).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,11 +59,17 @@ class ImportFileError(ValueError):
 @dataclass
 class ParsedFile:
     path: Path
-    kind: str  # "candles" | "quotes"
-    frame: pl.DataFrame  # candles: symbol, open_time (s), OHLCV; quotes: QUOTE_COLS
+    kind: str  # "candles" | "quotes" | "instruments"
+    # candles: symbol, open_time (s), OHLCV; quotes: QUOTE_COLS; instruments: backfill.instruments_frame
+    frame: pl.DataFrame
     tf: str | None = None
+    next_cursor: str | None = None  # instruments: the answer's nextPageCursor (more pages exist)
 
     def describe(self) -> str:
+        if self.kind == "instruments":
+            more = (f" (one page: nextPageCursor {self.next_cursor!r} is set, import the next pages too)"
+                    if self.next_cursor else "")
+            return f"{self.path.name}: {self.frame.height} instruments{more}"
         syms = self.frame.get_column("symbol").n_unique()
         what = f"{self.tf} candles" if self.kind == "candles" else "quotes"
         return f"{self.path.name}: {self.frame.height} {what} of {syms} symbol(s)"
@@ -226,10 +249,59 @@ def parse_quotes(path: Path, frame: pl.DataFrame) -> ParsedFile:
     return ParsedFile(path, "quotes", snap)
 
 
+_ANSWER_SHAPE = '{"retCode": 0, "result": {"category": "linear", "list": [...]}}'
+
+
+def parse_instruments(path: Path) -> ParsedFile:
+    """A saved instruments-info answer -> the instruments table's rows (nothing written)."""
+    from decimal import Decimal
+
+    from bot.core.backfill import instruments_frame
+    from bot.core.exchange.bybit import InstrumentsAnswerError, instruments_from_result
+
+    try:
+        answer = json.loads(path.read_bytes(), parse_float=Decimal)  # numbers as written, never binary floats
+    except json.JSONDecodeError as err:
+        raise ImportFileError(path, f"not valid JSON: {err.msg} (line {err.lineno}, column {err.colno})") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ImportFileError(path, f"cannot read: {err}") from None
+    if not isinstance(answer, dict):
+        raise ImportFileError(path, f"not a Bybit instruments-info answer: expected a JSON object {_ANSWER_SHAPE}"
+                                    f" (got a JSON {'list' if isinstance(answer, list) else type(answer).__name__})")
+    if "retCode" not in answer:
+        raise ImportFileError(path, f"retCode: missing (not a Bybit v5 answer; expected {_ANSWER_SHAPE})")
+    code = answer["retCode"]
+    if isinstance(code, bool) or not isinstance(code, int):
+        raise ImportFileError(path, f"retCode: not an integer (got {code!r})")
+    if code != 0:
+        raise ImportFileError(path, f"retCode: {code} ({answer.get('retMsg', '')!r}): the answer of a failed "
+                                    "request holds no instruments")
+    try:
+        instruments, cursor = instruments_from_result(answer.get("result"), "result")
+    except InstrumentsAnswerError as err:
+        raise ImportFileError(path, str(err)) from None
+    if not instruments:
+        raise ImportFileError(path, "result.list: empty (no instrument in the answer)")
+    return ParsedFile(path, "instruments", instruments_frame(instruments), next_cursor=cursor)
+
+
+def _is_json(path: Path) -> bool:
+    if path.suffix.lower() == ".json":
+        return True
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(4096).lstrip()
+    except OSError:
+        return False
+    return head.startswith((b"{", b"["))
+
+
 def parse_file(path: str | Path, tf: str | None = None) -> ParsedFile:
     p = Path(path)
     if not p.exists():
         raise ImportFileError(p, "no such file")
+    if p.is_file() and _is_json(p):
+        return parse_instruments(p)
     frame = _read(p)
     if frame.height == 0:
         raise ImportFileError(p, "file has no rows")
@@ -246,12 +318,14 @@ async def import_files(db: Any, paths: list[str | Path], tf: str | None = None) 
 
     Raises the first ImportFileError before writing anything if any file is bad.
     """
-    from bot.core.db.market import copy_bars, copy_quotes
+    from bot.core.db.market import copy_bars, copy_quotes, upsert_instruments
 
     parsed = [parse_file(p, tf) for p in paths]
     written = []
     for pf in parsed:
-        if pf.kind == "candles":
+        if pf.kind == "instruments":
+            n = await upsert_instruments(db, pf.frame)
+        elif pf.kind == "candles":
             assert pf.tf is not None
             n = await copy_bars(db, pf.frame, pf.tf, source=f"import:{pf.path.name}")
         else:

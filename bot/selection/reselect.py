@@ -37,7 +37,14 @@ import polars as pl
 from bot.analysis.pair_selection import Decision, decide
 from bot.config.model import BotConfig
 from bot.core.db import selection as repo
-from bot.core.db.market import first_bar_times, newest_bar_close, symbol_of, to_utc, token_of
+from bot.core.db.market import (
+    first_bar_times,
+    newest_bar_close,
+    read_instruments,
+    symbol_of,
+    to_utc,
+    token_of,
+)
 from bot.research.model import LoadedModel, ModelError, load_model
 from bot.research.pairs_file import read_pairs
 from bot.research.sweep import run_sweep
@@ -181,6 +188,13 @@ async def _evaluate(db: Any, conn: Any, cfg: BotConfig, run_id: int, now: dt.dat
         raise Refusal(f"refused: no candidate pair ({cfg.selection.candidates_file} is empty, or no two symbols"
                       f" have {cfg.strategy.tf} bars from {train_start.isoformat()})")
     symbols = sorted({symbol_of(t) for pair in candidates for t in pair})
+    have = set((await read_instruments(db)).get_column("symbol").to_list())
+    if all(symbol_of(a) not in have or symbol_of(b) not in have for a, b in candidates):
+        lacking = [s for s in symbols if s not in have]
+        shown = ", ".join(lacking[:12]) + (f", ... ({len(lacking) - 12} more)" if len(lacking) > 12 else "")
+        raise Refusal(f"refused: no candidate pair has both instruments (no instrument for {shown}): `bot data"
+                      " import <instruments-info.json>` (a saved Bybit instruments-info answer) or `bot data"
+                      " instruments` (from the venue) fills the instruments table")
     guards.check_freshness(await newest_bar_close(db, symbols, cfg.strategy.tf, now), now,
                            cfg.selection.max_data_age_h, cfg.strategy.tf)
     open_pairs = await repo.open_position_pairs(conn)

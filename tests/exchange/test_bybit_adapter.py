@@ -52,6 +52,22 @@ async def test_instruments_refresh_into_the_table(fake: FakeBybit, db: Database)
 
 
 @pytest.mark.asyncio(loop_scope="session")
+async def test_a_bad_instrument_from_the_venue_fails_the_refresh_and_keeps_the_table(fake: FakeBybit,
+                                                                                     db: Database) -> None:
+    """The live refresh and `bot data import` share the parser: a qtyStep of 0 (or none) is
+    never stored as a step; the refresh fails naming the field and the table is unchanged."""
+    from bot.core.exchange.bybit import InstrumentsAnswerError
+
+    await refresh_instruments(db, adapter(fake))
+    before = await read_instruments(db)
+    fake.state.markets["SOLUSDT"].qty_step = "0"
+    with pytest.raises(InstrumentsAnswerError, match=r"page 2: result\.list\[1\] \(SOLUSDT\)\.lotSizeFilter\.qtyStep: "
+                                                     r"must be positive \(got '0'\)"):
+        await refresh_instruments(db, adapter(fake))
+    assert (await read_instruments(db)).equals(before)
+
+
+@pytest.mark.asyncio(loop_scope="session")
 async def test_market_order_leaves_as_an_exact_decimal_and_fills(fake: FakeBybit) -> None:
     ex = adapter(fake)
     await ex.instruments()

@@ -204,6 +204,22 @@ async def test_cli_refusal_exits_1_with_one_line_and_as_of_runs(db: Database, ma
     assert (await _last_run(db))["status"] == "ok"
 
 
+async def test_candidates_without_instruments_are_refused_naming_the_remedies(db: Database, market, cfg) -> None:
+    before = await _known_state(db, cfg, market)
+    async with db.pool.acquire() as conn:
+        saved = await conn.fetch("SELECT * FROM instruments")
+        await conn.execute("DELETE FROM instruments")
+    try:
+        err = await _refused(db, cfg, before, market.end, "no candidate pair has both instruments",
+                             "`bot data import <instruments-info.json>`", "`bot data instruments`")
+        assert all(f"{s}USDT" in err for s in market.symbols[:4])
+    finally:
+        async with db.pool.acquire() as conn:
+            await conn.copy_records_to_table("instruments", records=[tuple(r) for r in saved],
+                                             columns=list(saved[0].keys()))
+    assert (await reselect(db, cfg, now=market.end, executor=inproc)).status == "ok"
+
+
 async def test_no_candidate_is_refused(db: Database, market, cfg) -> None:
     before = await _known_state(db, cfg, market)
     Path(cfg.selection.candidates_file).write_text("# nothing to trade\n")

@@ -616,6 +616,42 @@ async def bar_symbols(db: Any, tf: str) -> pl.DataFrame:
     )
 
 
+_COVERAGE_SCHEMA = {"symbol": pl.Utf8, "tf": pl.Utf8, "n": pl.Int64, "first_ts": pl.Float64, "last_ts": pl.Float64,
+                    "missing": pl.Int64, "holes": pl.Int64, "largest_hole": pl.Int64}
+
+
+async def bar_coverage(db: Any, symbols: Sequence[str] | None = None) -> pl.DataFrame:
+    """Per stored (symbol, tf): the bars' count `n`, the first and last open time (epoch s),
+    `missing` (the bars absent between the first and the last: (last - first) / tf + 1 - n),
+    `holes` (runs of missing bars) and `largest_hole` (the longest run, in bars; 0 without
+    a hole). The counts come from one aggregate over the bars' primary key; only the
+    series with missing bars are walked (a lag per (symbol, tf)) for their holes, all in
+    the server (no bar comes to Python). `symbols` limits it to those symbols. Ordered by
+    symbol, then timeframe length; a timeframe of no known length gets null
+    missing/holes."""
+    tfs = list(TF_SECONDS)
+    return await read_frame(
+        db,
+        "WITH s AS (SELECT * FROM unnest($1::text[], $2::float8[]) AS s(tf, secs)),"
+        " a AS (SELECT symbol, tf, count(*) AS n, min(open_time) AS lo, max(open_time) AS hi FROM bars"
+        "   WHERE $3::text[] IS NULL OR symbol = ANY($3::text[]) GROUP BY symbol, tf),"
+        " c AS (SELECT a.*, s.secs, round(extract(epoch FROM a.hi - a.lo)::float8 / s.secs)::bigint + 1 - a.n"
+        "   AS missing FROM a LEFT JOIN s ON s.tf = a.tf),"
+        " g AS (SELECT b.symbol, b.tf, c.secs, extract(epoch FROM b.open_time - lag(b.open_time)"
+        "   OVER (PARTITION BY b.symbol, b.tf ORDER BY b.open_time))::float8 AS gap"
+        "   FROM bars b JOIN c ON b.symbol = c.symbol AND b.tf = c.tf WHERE c.missing > 0),"
+        " h AS (SELECT symbol, tf, count(*) FILTER (WHERE gap > secs) AS holes,"
+        "   round(max(gap) / min(secs))::bigint - 1 AS largest FROM g GROUP BY symbol, tf)"
+        " SELECT c.symbol, c.tf, c.n, extract(epoch FROM c.lo)::float8 AS first_ts,"
+        " extract(epoch FROM c.hi)::float8 AS last_ts, c.missing,"
+        " CASE WHEN c.secs IS NULL THEN NULL ELSE coalesce(h.holes, 0) END AS holes,"
+        " CASE WHEN c.secs IS NULL THEN NULL ELSE greatest(coalesce(h.largest, 0), 0) END AS largest_hole"
+        " FROM c LEFT JOIN h ON h.symbol = c.symbol AND h.tf = c.tf ORDER BY c.symbol, c.secs NULLS LAST, c.tf",
+        tfs, [float(TF_SECONDS[t]) for t in tfs], None if symbols is None else list(symbols),
+        schema=_COVERAGE_SCHEMA,
+    )
+
+
 async def first_bar_times(db: Any, tf: str) -> dict[str, float]:
     """Per symbol, the open time (epoch s) of its first bar that `tf` bars can be read or
     built from (read_bars): stored `tf` bars and the finer timeframes dividing it."""

@@ -112,21 +112,119 @@ def _decimal(v: Any, default: str = "0") -> Decimal:
     return Decimal(str(v)) if v not in (None, "") else Decimal(default)
 
 
-def instrument_from_json(row: dict[str, Any]) -> Instrument:
-    """An Instrument from one entry of /v5/market/instruments-info (category linear)."""
-    lot, price = row.get("lotSizeFilter", {}), row.get("priceFilter", {})
+class InstrumentsAnswerError(ValueError):
+    """An instruments-info answer (or one of its entries) that is not what Bybit v5 sends:
+    the message names the field (`result.list[3].lotSizeFilter.qtyStep`) and the value."""
+
+
+def _field(row: dict[str, Any], where: str, group: str | None, key: str, *, required: bool = True,
+           positive: bool = True) -> Decimal | None:
+    """The exact Decimal of `row[group][key]` (as written: '0.001' stays 0.001)."""
+    path = f"{where}.{group}.{key}" if group else f"{where}.{key}"
+    obj = row.get(group) if group else row
+    if group and not isinstance(obj, dict):
+        if required:
+            raise InstrumentsAnswerError(f"{where}.{group}: missing (an object with {key} is expected)")
+        return None
+    assert isinstance(obj, dict)
+    v = obj.get(key)
+    if v is None or v == "":
+        if required:
+            raise InstrumentsAnswerError(f"{path}: missing")
+        return None
+    if isinstance(v, bool) or not isinstance(v, str | int | float | Decimal):
+        raise InstrumentsAnswerError(f"{path}: not a number (got {v!r})")
+    try:
+        d = Decimal(str(v))
+    except ArithmeticError:
+        raise InstrumentsAnswerError(f"{path}: not a number (got {v!r})") from None
+    if not d.is_finite() or d < 0 or (positive and d == 0):
+        raise InstrumentsAnswerError(f"{path}: must be {'positive' if positive else '>= 0'} (got {v!r})")
+    return d
+
+
+LINEAR_CONTRACTS = frozenset({"LinearPerpetual", "LinearFutures"})
+
+
+def instrument_from_json(row: Any, where: str = "instrument") -> Instrument:
+    """An Instrument from one entry of /v5/market/instruments-info (category linear).
+
+    The one parser of that answer: the live refresh (`BybitExchange.instruments`) and
+    `bot data import` of a saved answer both go through it. Numbers stay exact Decimals
+    of the strings Bybit sends. Required: `symbol`, `lotSizeFilter.qtyStep` and
+    `lotSizeFilter.minOrderQty` (> 0), `priceFilter.tickSize` (> 0); optional:
+    `lotSizeFilter.minNotionalValue` (>= 0, default 0), `maxOrderQty`, `maxMktOrderQty`,
+    `priceScale`, `status` (default Trading). An entry of another contract type
+    (`contractType` given and not LinearPerpetual/LinearFutures: inverse; an option's
+    `optionsType`; a spot entry has no qtyStep) is an error. Every problem raises InstrumentsAnswerError naming the field under `where`.
+    """
+    if not isinstance(row, dict):
+        raise InstrumentsAnswerError(f"{where}: not an object (got {type(row).__name__})")
+    symbol = row.get("symbol")
+    if not isinstance(symbol, str) or not symbol.strip():
+        raise InstrumentsAnswerError(f"{where}.symbol: missing")
+    where = f"{where} ({symbol})"
+    kind = row.get("contractType")
+    if kind not in (None, "") and kind not in LINEAR_CONTRACTS:
+        raise InstrumentsAnswerError(f"{where}.contractType: {kind!r} is not a linear contract "
+                                     f"(expected one of {', '.join(sorted(LINEAR_CONTRACTS))})")
+    if row.get("optionsType") not in (None, ""):
+        raise InstrumentsAnswerError(f"{where}.optionsType: {row['optionsType']!r}: an option, not a linear contract")
     scale = row.get("priceScale")
+    if scale in (None, ""):
+        price_scale = None
+    else:
+        try:
+            price_scale = int(str(scale))
+        except ValueError:
+            raise InstrumentsAnswerError(f"{where}.priceScale: not an integer (got {scale!r})") from None
+        if price_scale < 0:
+            raise InstrumentsAnswerError(f"{where}.priceScale: must be >= 0 (got {scale!r})")
+    status = row.get("status")
+    qty_step = _field(row, where, "lotSizeFilter", "qtyStep")
+    min_qty = _field(row, where, "lotSizeFilter", "minOrderQty")
+    tick = _field(row, where, "priceFilter", "tickSize")
+    assert qty_step is not None and min_qty is not None and tick is not None
     return Instrument(
-        symbol=row["symbol"],
-        qty_step=_decimal(lot.get("qtyStep")),
-        min_qty=_decimal(lot.get("minOrderQty")),
-        tick_size=_decimal(price.get("tickSize")),
-        min_notional=_decimal(lot.get("minNotionalValue")),
-        max_mkt_qty=_decimal(lot["maxMktOrderQty"]) if lot.get("maxMktOrderQty") else None,
-        max_qty=_decimal(lot["maxOrderQty"]) if lot.get("maxOrderQty") else None,
-        price_scale=int(scale) if scale not in (None, "") else None,
-        status=row.get("status", "Trading"),
+        symbol=symbol.strip(),
+        qty_step=qty_step,
+        min_qty=min_qty,
+        tick_size=tick,
+        min_notional=_field(row, where, "lotSizeFilter", "minNotionalValue", required=False, positive=False)
+        or Decimal(0),
+        max_mkt_qty=_field(row, where, "lotSizeFilter", "maxMktOrderQty", required=False),
+        max_qty=_field(row, where, "lotSizeFilter", "maxOrderQty", required=False),
+        price_scale=price_scale,
+        status=status if isinstance(status, str) and status else "Trading",
     )
+
+
+def instruments_from_result(result: Any, where: str = "result") -> tuple[list[Instrument], str | None]:
+    """The instruments of one page of /v5/market/instruments-info (its `result` object) and
+    the page's nextPageCursor (None on the last page). `result.category`, when given, must
+    be linear; `result.list` a list of entries (instrument_from_json); a symbol twice in
+    one page is an error."""
+    if not isinstance(result, dict):
+        got = "missing" if result is None else f"not an object (got {type(result).__name__})"
+        raise InstrumentsAnswerError(f"{where}: {got}")
+    category = result.get("category")
+    if category not in (None, "", "linear"):
+        raise InstrumentsAnswerError(f"{where}.category: {category!r}, expected 'linear' (USDT/USDC perpetuals)")
+    rows = result.get("list")
+    if not isinstance(rows, list):
+        got = "missing" if rows is None else f"not a list (got {type(rows).__name__})"
+        raise InstrumentsAnswerError(f"{where}.list: {got}")
+    out: list[Instrument] = []
+    first: dict[str, int] = {}
+    for k, row in enumerate(rows):
+        inst = instrument_from_json(row, f"{where}.list[{k}]")
+        if inst.symbol in first:
+            raise InstrumentsAnswerError(f"{where}.list[{k}].symbol: {inst.symbol} repeated "
+                                         f"(first at {where}.list[{first[inst.symbol]}])")
+        first[inst.symbol] = k
+        out.append(inst)
+    cursor = result.get("nextPageCursor")
+    return out, cursor if isinstance(cursor, str) and cursor else None
 
 
 def fill_from_order(row: dict[str, Any]) -> Fill:
@@ -250,9 +348,9 @@ class BybitExchange:
             if cursor:
                 kwargs["cursor"] = cursor
             res = await self._call("instruments-info", self._http.get_instruments_info, **kwargs)
-            out.extend(instrument_from_json(r) for r in res.get("list", []))
+            page, cursor = instruments_from_result(res, f"instruments-info page {pages + 1}: result")
+            out.extend(page)
             pages += 1
-            cursor = res.get("nextPageCursor") or None
             if not cursor or pages > 1000:
                 break
         self._instruments = {i.symbol: i for i in out}

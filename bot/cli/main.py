@@ -88,6 +88,7 @@ def run_command(func: Callable[[argparse.Namespace, Any], int], args: argparse.N
     from bot.core.db.pool import DatabaseUnavailable
     from bot.core.exchange.interface import ExchangeError
     from bot.core.importer import ImportFileError
+    from bot.research.dataset import DatasetBusy
     from bot.research.model import DataFileError, ModelError
     from bot.research.pairs_file import PairsFileError
 
@@ -103,7 +104,7 @@ def run_command(func: Callable[[argparse.Namespace, Any], int], args: argparse.N
         for p in err.problems or [str(err)]:
             print(f"error: {p}", file=sys.stderr)
         return EXIT_USAGE
-    except (DatabaseUnavailable, SchemaTooNew, ModelError, ExchangeError) as err:
+    except (DatabaseUnavailable, SchemaTooNew, ModelError, ExchangeError, DatasetBusy) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_FAIL
     except (ImportFileError, PairsFileError, DataFileError, ValueError) as err:

@@ -44,7 +44,7 @@ def register(sub: Any) -> None:
 def cmd_research(args: argparse.Namespace, cfg: BotConfig) -> int:
     from bot.core.db.pool import open_database
     from bot.research.params import sample_params
-    from bot.research.sweep import run_sweep
+    from bot.research.sweep import outcome_summary, run_sweep
 
     r = cfg.research
     sweep = args.research_kind == "sweep"
@@ -86,9 +86,8 @@ def cmd_research(args: argparse.Namespace, cfg: BotConfig) -> int:
     c = rep.counts()
     print(f"run {rep.run_id}: {len(pairs)} pairs ({c['ok']} ok, {c['skipped']} skipped, {c['failed']} failed) "
           f"in {rep.wall_s:.1f} s")
-    for o in rep.outcomes:
-        if o.status != "ok":
-            print(f"  {o.token_1}/{o.token_2}: {o.status}: {o.reason}")
+    for line in outcome_summary(rep.outcomes):  # one line per reason, with a count (not one per pair)
+        print(f"  {line}")
     st = rep.stats
     if st.height:
         import polars as pl

@@ -20,6 +20,7 @@ QtyMethod = Literal["usdt_neutral", "vol_neutral", "beta_neutral"]
 SlMethod = Literal["leave", "cooldown"]
 TIMEFRAMES = ("1m", "5m", "15m", "30m", "1h", "4h", "1d")
 Timeframe = Literal["1m", "5m", "15m", "30m", "1h", "4h", "1d"]
+ModelTarget = Literal["pr_rat_test", "pr_test"]
 
 
 class _Section(BaseModel):
@@ -146,6 +147,8 @@ class ModelConfig(_Section):
     keep_last: int = Field(5, ge=1)
     fallback_sort: str = "pr_rat_all"
     dir: str = "models"
+    # what the model learns (the walk-forward always judges picks by realised pr_test)
+    target: ModelTarget = "pr_rat_test"
 
 
 class ScheduleConfig(_Section):

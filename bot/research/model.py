@@ -2,22 +2,30 @@
 
 Validation (selection.md section 5): windows in time order; for every validation
 window k >= `min_train_windows`, models are fitted on windows < k only (never a
-shuffle across time, never a window on both sides) and evaluated on window k:
-RMSE, the selection value (sum of the real pr_rat_test of rows predicted above
-the threshold, and how many), and the realised test profit of the pairs each
-method would pick: greedy by score, no token used twice, K = selection.max_pairs;
-profit per pick = mean pr_test (% of balance) of the picks. Methods: CatBoost, a
-mean predictor, ridge regression, random picks (mean over `random_draws` seeded
-shuffles), the lowest Engle-Granger p-value, and the notebook's highest
-pr_rat_all. The paired difference (method - random) per window gives a mean and
-its standard error across windows; the skill gate promotes a model only when its
-mean difference exceeds `model.min_skill_se` standard errors.
+shuffle across time, never a window on both sides) and evaluated on window k.
+The models learn `model.target` (default pr_rat_test, the notebook's); every
+judgement uses the realised test profit after fees, pr_test (% of balance), whatever
+the target: RMSE (against the target), the selection value (sum of the real pr_test
+of the rows a model predicts above selection.thresholds.pred, and how many), and the
+profit per pick of the pairs each method would pick: greedy by score, no token used
+twice, K = selection.max_pairs; profit per pick = mean pr_test of the picks.
+Methods: CatBoost, ridge regression, random picks (mean over `random_draws` seeded
+shuffles), the lowest Engle-Granger p-value, the notebook's highest pr_rat_all, and
+the mean predictor for RMSE only (a constant ranks nothing: its picks would be one
+random draw, which `random` already measures with many). Tied scores are broken in
+a seeded random order (model.random_seed and the window), never by row order (the
+rows are sorted by name: a stable sort would pick alphabetically). The paired
+difference (method - random) per window gives a mean and its standard error across
+windows; the skill gate promotes a model only when its mean difference exceeds
+`model.min_skill_se` standard errors.
 
 Persistence: CatBoost JSON plus `<name>.meta.json` (ordered feature names, train
-range, metrics, versions, created_at, sha256 of the model file). Both are written
-to temp files and renamed; the last `model.keep_last` models are kept. Loading
-checks the hash and the feature names and raises ModelError otherwise, so a
-caller keeps its previous model.
+range, metrics, versions, created_at, sha256 of the model file) and, from `bot
+train`, `<name>.windows.parquet` (the walk-forward's per-window rows). All are
+written to temp files and renamed, the metadata last; the last `model.keep_last`
+models are kept. Loading checks the hash and that this code computes every feature
+the model uses (an older model with fewer features still loads and scores on its
+own list) and raises ModelError otherwise, so a caller keeps its previous model.
 """
 
 from __future__ import annotations
@@ -29,7 +37,8 @@ import math
 import os
 import platform
 import random
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +46,7 @@ import numpy as np
 import polars as pl
 
 from bot.config.model import BotConfig
-from bot.research.dataset import FEATURES, META, TARGET
+from bot.research.dataset import COLUMNS, FEATURES, JUDGE, META, TARGET, TARGETS
 from bot.utils.files import atomic_write_text
 
 
@@ -49,11 +58,31 @@ class DataFileError(ValueError):
     """A dataset or statistics file given by the user that cannot be used: bad input (exit 2)."""
 
 
-DATASET_COLUMNS = (*META, *FEATURES, "pr_test", TARGET)
+DATASET_COLUMNS = COLUMNS  # what `bot dataset` writes; training needs META, FEATURES, pr_test and the target
+PREDATES = {"coverage": "the coverage column"}  # features added later: name -> what an old file lacks
+BASE_FEATURES = tuple(f for f in FEATURES if f not in PREDATES)  # used by every model this code ever saved
 
 
-def _read_parquet_checked(path: str | Path, required: tuple[str, ...], what: str,
-                          numeric: tuple[str, ...]) -> pl.DataFrame:
+def _problems(p: Path, schema: Any, required: Sequence[str], what: str, numeric: Sequence[str],
+              rebuild: str) -> None:
+    """A DataFileError naming `p` and every missing or mistyped column, if any."""
+    problems = []
+    missing = [c for c in required if c not in schema]
+    if missing:
+        problems.append(f"lacks the {what} columns {missing}")
+        late = [PREDATES[c] for c in missing if c in PREDATES]
+        if late:
+            problems.append(f"this {'dataset' if 'dataset' in what else 'file'} predates {', '.join(late)}: "
+                            f"rebuild it with {rebuild}")
+    wrong = [f"{c} ({schema[c]})" for c in numeric if c in schema and not (schema[c].is_numeric() or schema[c] == pl.Null)]
+    if wrong:
+        problems.append(f"columns not numeric: {', '.join(wrong)}")
+    if problems:
+        raise DataFileError(f"{p}: " + "; ".join(problems))
+
+
+def _read_parquet_checked(path: str | Path, required: Sequence[str], what: str,
+                          numeric: Sequence[str], rebuild: str) -> pl.DataFrame:
     """The parquet at `path` with every `required` column, `numeric` ones numeric;
     otherwise a DataFileError naming the file and every missing or mistyped column."""
     p = Path(path)
@@ -68,15 +97,7 @@ def _read_parquet_checked(path: str | Path, required: tuple[str, ...], what: str
     except Exception as err:  # polars raises ComputeError and friends for a file that is not parquet
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DataFileError(f"{p}: not a parquet file ({first})") from None
-    problems = []
-    missing = [c for c in required if c not in schema]
-    if missing:
-        problems.append(f"lacks the {what} columns {missing}")
-    wrong = [f"{c} ({schema[c]})" for c in numeric if c in schema and not (schema[c].is_numeric() or schema[c] == pl.Null)]
-    if wrong:
-        problems.append(f"columns not numeric: {', '.join(wrong)}")
-    if problems:
-        raise DataFileError(f"{p}: " + "; ".join(problems))
+    _problems(p, schema, required, what, numeric, rebuild)
     try:
         return pl.read_parquet(p)
     except Exception as err:  # a truncated or corrupt body behind a readable footer
@@ -84,30 +105,53 @@ def _read_parquet_checked(path: str | Path, required: tuple[str, ...], what: str
         raise DataFileError(f"{p}: unreadable parquet ({first})") from None
 
 
-def read_dataset_file(path: str | Path) -> pl.DataFrame:
-    """A dataset parquet (`bot dataset --out`): META, FEATURES, pr_test and the target."""
-    return _read_parquet_checked(path, DATASET_COLUMNS, "dataset's", ("window_id", *FEATURES, "pr_test", TARGET))
+def read_dataset_file(path: str | Path, target: str = TARGET) -> pl.DataFrame:
+    """A dataset parquet (`bot dataset --out`) for training: META, every feature of this
+    code (a model is trained on FEATURES), the judged pr_test and the `target`."""
+    cols = (*META, *FEATURES, *dict.fromkeys((JUDGE, target)))
+    return _read_parquet_checked(path, cols, "dataset's", ("window_id", *FEATURES, JUDGE, target), "bot dataset")
 
 
-def read_stats_file(path: str | Path, features: tuple[str, ...] = FEATURES) -> pl.DataFrame:
-    """A pair-statistics parquet (`bot stats --out`): coin1, coin2 and the model's features."""
-    return _read_parquet_checked(path, ("coin1", "coin2", *features), "statistics", features)
+def read_stats_file(path: str | Path, features: Sequence[str] = FEATURES) -> pl.DataFrame:
+    """A pair-statistics parquet (`bot stats --out`): coin1, coin2 and `features`, every
+    feature column present numeric. Scoring reads it with BASE_FEATURES, then checks the
+    model's own saved list (`check_columns`): an old file without a later column scores
+    with an old model that does not use it."""
+    return _read_parquet_checked(path, ("coin1", "coin2", *features), "statistics", tuple(dict.fromkeys((*features, *FEATURES))),
+                                 "bot stats")
 
 
-def _xy(frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+def check_columns(frame: pl.DataFrame, path: str | Path, features: Sequence[str]) -> pl.DataFrame:
+    """`frame` (read from `path`) if it has every one of `features`, numeric; else a DataFileError."""
+    _problems(Path(path), frame.schema, features, "model's feature", features, "bot stats")
+    return frame
+
+
+def _target(cfg: BotConfig) -> str:
+    t = cfg.model.target
+    if t not in TARGETS:  # the config type allows only these; a hand-built config may not
+        raise ModelError(f"model.target must be one of {list(TARGETS)} (got {t!r})")
+    return t
+
+
+def _xy(frame: pl.DataFrame, target: str) -> tuple[np.ndarray, np.ndarray]:
     x = frame.select([pl.col(f).cast(pl.Float64) for f in FEATURES]).to_numpy()
-    y = frame.get_column(TARGET).cast(pl.Float64).to_numpy()
+    y = frame.get_column(target).cast(pl.Float64).to_numpy()
     return x, y
 
 
 def fit_catboost(frame: pl.DataFrame, cfg: BotConfig, thread_count: int = -1) -> Any:
+    """CatBoost on every row with a finite `model.target`, features FEATURES."""
     from catboost import CatBoostRegressor
 
     m = cfg.model
-    train = frame.filter(pl.col(TARGET).is_not_null() & pl.col(TARGET).is_finite())
+    target = _target(cfg)
+    if target not in frame.columns:
+        raise ModelError(f"the dataset has no {target} column (model.target)")
+    train = frame.filter(pl.col(target).is_not_null() & pl.col(target).is_finite())
     if train.height < 10:
-        raise ModelError(f"too few training rows with a target ({train.height})")
-    x, y = _xy(train)
+        raise ModelError(f"too few training rows with a target {target} ({train.height})")
+    x, y = _xy(train, target)
     model = CatBoostRegressor(loss_function=m.loss_function, learning_rate=m.learning_rate, iterations=m.iterations,
                               depth=m.depth, random_seed=m.random_seed, verbose=0, thread_count=thread_count,
                               allow_writing_files=False)
@@ -132,14 +176,20 @@ def _ridge(x: np.ndarray, y: np.ndarray, alpha: float = 1.0) -> Any:
     return lambda a: prep(a) @ beta
 
 
-def greedy_picks(frame: pl.DataFrame, score: np.ndarray, k: int, higher_is_better: bool = True) -> list[int]:
-    """Row indices picked greedily by score with no token used twice, at most k."""
-    order = np.argsort(-score if higher_is_better else score, kind="stable")
+def greedy_picks(frame: pl.DataFrame, score: np.ndarray, k: int, higher_is_better: bool = True,
+                 seed: int | Sequence[int] = 0) -> list[int]:
+    """Row indices picked greedily by score with no token used twice, at most k.
+
+    Equal scores are taken in a random order seeded by `seed` (never by row order:
+    the rows are sorted by name, so a stable sort would pick alphabetically)."""
+    s = np.asarray(score, dtype=np.float64)
+    tiebreak = np.random.default_rng(seed).permutation(len(s))
+    order = np.lexsort((tiebreak, -s if higher_is_better else s))
     used: set[str] = set()
     picks: list[int] = []
     c1, c2 = frame["coin1"].to_list(), frame["coin2"].to_list()
     for i in order:
-        if not math.isfinite(score[i]):
+        if not math.isfinite(s[i]):
             continue
         if c1[i] in used or c2[i] in used:
             continue
@@ -160,61 +210,79 @@ def _pick_profit(frame: pl.DataFrame, picks: list[int]) -> float:
 
 @dataclass
 class WalkForward:
-    per_window: pl.DataFrame  # window_id, method, rmse, sel_value, sel_n, pick_profit
+    per_window: pl.DataFrame  # window_id, method, rows, rmse, sel_value, sel_n, pick_profit, picks
     summary: pl.DataFrame  # method, rmse, sel_value, sel_n, pick_profit, diff_vs_random, se
     importances: list[tuple[str, float]]
     promoted: bool
     reason: str
+    target: str = TARGET
+    k: int = 0  # pairs picked per window (selection.max_pairs)
+    rows: dict[int, int] = field(default_factory=dict)  # validation window -> its rows with a target
+    threshold: float = 0.0  # selection.thresholds.pred (sel_value / sel_n)
 
 
 def walk_forward(frame: pl.DataFrame, cfg: BotConfig, *, min_train_windows: int = 2, random_draws: int = 200,
                  thread_count: int = -1) -> WalkForward:
-    data = frame.filter(pl.col(TARGET).is_not_null() & pl.col(TARGET).is_finite()).sort(["window_id", "coin1", "coin2"])
+    target = _target(cfg)
+    for c in (target, JUDGE):
+        if c not in frame.columns:
+            raise ModelError(f"the dataset has no {c} column")
+    data = frame.filter(pl.col(target).is_not_null() & pl.col(target).is_finite()).sort(["window_id", "coin1", "coin2"])
     wins = sorted(data["window_id"].unique().to_list())
     if len(wins) <= min_train_windows:
         raise ModelError(f"walk-forward needs more than {min_train_windows} windows with targets (got {len(wins)})")
     thr = cfg.selection.thresholds.pred
     k = cfg.selection.max_pairs
+    seed = cfg.model.random_seed
     rows = []
+    n_rows: dict[int, int] = {}
     importances = np.zeros(len(FEATURES))
+
+    def row(val: pl.DataFrame, w: int, method: str, picks: list[int] | None, rmse: float | None = None,
+            sel_value: float | None = None, sel_n: int | None = None) -> dict[str, Any]:
+        names = [f"{val['coin1'][i]}/{val['coin2'][i]}" for i in picks] if picks is not None else None
+        return {"window_id": w, "method": method, "rows": val.height, "rmse": rmse, "sel_value": sel_value,
+                "sel_n": sel_n, "pick_profit": None if picks is None else _pick_profit(val, picks), "picks": names}
+
     for w in wins[min_train_windows:]:
         train = data.filter(pl.col("window_id") < w)
         val = data.filter(pl.col("window_id") == w)
-        xt, yt = _xy(train)
-        xv, yv = _xy(val)
+        n_rows[w] = val.height
+        judge = val.get_column(JUDGE).cast(pl.Float64).fill_null(np.nan).to_numpy()
+        xt, yt = _xy(train, target)
+        xv, yv = _xy(val, target)
         cb = fit_catboost(train, cfg, thread_count)
         importances += np.asarray(cb.get_feature_importance())
-        preds = {
-            "catboost": np.asarray(cb.predict(xv)),
-            "mean": np.full(len(yv), float(np.mean(yt))),
-            "ridge": np.asarray(_ridge(xt, yt)(xv)),
-        }
-        for name, p in preds.items():
+        ws = (seed, int(w))  # the tie-break order of this window (the same for every method)
+        for name, p in (("catboost", np.asarray(cb.predict(xv))), ("ridge", np.asarray(_ridge(xt, yt)(xv)))):
             sel = p > thr
-            rows.append({"window_id": w, "method": name, "rmse": float(np.sqrt(np.mean((p - yv) ** 2))),
-                         "sel_value": float(yv[sel].sum()), "sel_n": int(sel.sum()),
-                         "pick_profit": _pick_profit(val, greedy_picks(val, p, k))})
+            rows.append(row(val, w, name, greedy_picks(val, p, k, seed=ws), float(np.sqrt(np.mean((p - yv) ** 2))),
+                            float(np.nansum(judge[sel])), int(sel.sum())))
+        mean = float(np.mean(yt))  # RMSE only: a constant ranks nothing (module docstring)
+        rows.append(row(val, w, "mean", None, float(np.sqrt(np.mean((mean - yv) ** 2)))))
         pv = np.maximum(val["pv_1"].fill_null(np.nan).to_numpy(), val["pv_2"].fill_null(np.nan).to_numpy())
-        rows.append({"window_id": w, "method": "lowest_pvalue", "rmse": math.nan, "sel_value": math.nan, "sel_n": 0,
-                     "pick_profit": _pick_profit(val, greedy_picks(val, pv, k, higher_is_better=False))})
-        rows.append({"window_id": w, "method": "pr_rat_all", "rmse": math.nan, "sel_value": math.nan, "sel_n": 0,
-                     "pick_profit": _pick_profit(val, greedy_picks(val, val["pr_rat_all"].fill_null(np.nan).to_numpy(), k))})
+        rows.append(row(val, w, "lowest_pvalue", greedy_picks(val, pv, k, higher_is_better=False, seed=ws)))
+        rows.append(row(val, w, "pr_rat_all", greedy_picks(val, val["pr_rat_all"].fill_null(np.nan).to_numpy(), k,
+                                                      seed=ws)))
         rng = random.Random(1000 + int(w))
         draws = []
         for _ in range(random_draws):
             score = np.array([rng.random() for _ in range(val.height)])
             draws.append(_pick_profit(val, greedy_picks(val, score, k)))
-        rows.append({"window_id": w, "method": "random", "rmse": math.nan, "sel_value": math.nan, "sel_n": 0,
-                     "pick_profit": float(np.mean(draws))})
-        picks_best = greedy_picks(val, val["pr_test"].fill_null(np.nan).to_numpy(), k)
-        rows.append({"window_id": w, "method": "hindsight", "rmse": math.nan, "sel_value": math.nan, "sel_n": 0,
-                     "pick_profit": _pick_profit(val, picks_best)})
-    per = pl.DataFrame(rows)
+        rows.append({**row(val, w, "random", None), "pick_profit": float(np.mean(draws))})
+        rows.append(row(val, w, "hindsight", greedy_picks(val, judge, k, seed=ws)))
+    schema: dict[str, Any] = {"window_id": pl.Int64, "method": pl.Utf8, "rows": pl.Int64, "rmse": pl.Float64,
+              "sel_value": pl.Float64, "sel_n": pl.Int64, "pick_profit": pl.Float64, "picks": pl.List(pl.Utf8)}
+    per = pl.DataFrame(rows, schema=schema)
     rnd = per.filter(pl.col("method") == "random").select("window_id", pl.col("pick_profit").alias("rand"))
     paired = per.join(rnd, on="window_id").with_columns((pl.col("pick_profit") - pl.col("rand")).alias("diff"))
     n_w = len(wins) - min_train_windows
+
+    def total(c: str) -> pl.Expr:  # null for a method that does not have the figure (not 0)
+        return pl.when(pl.col(c).is_null().all()).then(None).otherwise(pl.col(c).sum()).alias(c)
+
     summary = paired.group_by("method", maintain_order=True).agg(
-        pl.col("rmse").mean(), pl.col("sel_value").sum(), pl.col("sel_n").sum(), pl.col("pick_profit").mean(),
+        pl.col("rmse").mean(), total("sel_value"), total("sel_n"), pl.col("pick_profit").mean(),
         pl.col("diff").mean().alias("diff_vs_random"),
         (pl.col("diff").std() / math.sqrt(max(n_w, 1))).alias("se"),
     )
@@ -225,7 +293,7 @@ def walk_forward(frame: pl.DataFrame, cfg: BotConfig, *, min_train_windows: int 
     reason = (f"catboost beats random picks by {cb['diff_vs_random']:+.3f} %/pick/window, "
               f"SE {se:.3f}, gate {cfg.model.min_skill_se} SE: {'promoted' if promoted else 'not promoted'}")
     imp = sorted(zip(FEATURES, (importances / max(n_w, 1)).tolist(), strict=True), key=lambda t: -t[1])
-    return WalkForward(per, summary, imp, bool(promoted), reason)
+    return WalkForward(per, summary, imp, bool(promoted), reason, target, k, n_rows, thr)
 
 
 # ---------------------------------------------------------------- persistence
@@ -267,9 +335,18 @@ class LoadedModel:
         return np.asarray(self.model.predict(x), dtype=np.float64)
 
 
+def windows_path(model_path: str | Path) -> Path:
+    """The walk-forward's per-window rows beside a model: model-X.json -> model-X.windows.parquet."""
+    p = Path(model_path)
+    return p.with_name(p.name.removesuffix(".json") + ".windows.parquet")
+
+
 def save_model(model: Any, directory: str | Path, meta: dict[str, Any], keep_last: int = 5,
-               now: dt.datetime | None = None) -> Path:
-    """Write model + metadata atomically; returns the model path. Prunes old models."""
+               now: dt.datetime | None = None, per_window: pl.DataFrame | None = None,
+               features: Sequence[str] = FEATURES) -> Path:
+    """Write model (+ the walk-forward's `per_window` rows) + metadata atomically, the
+    metadata last; returns the model path. Prunes old models. `features`: the columns
+    the model was fitted on, in order (fit_catboost: FEATURES)."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     created = now or dt.datetime.now(dt.UTC)
@@ -280,7 +357,16 @@ def save_model(model: Any, directory: str | Path, meta: dict[str, Any], keep_las
     with tmp.open("rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, final)
-    full = {**meta, "features": list(FEATURES), "created_at": created.isoformat(), "versions": _versions(),
+    extra: dict[str, Any] = {}
+    if per_window is not None:
+        wp = windows_path(final)
+        wtmp = d / f".{wp.name}.tmp"
+        per_window.write_parquet(wtmp)
+        with wtmp.open("rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(wtmp, wp)
+        extra["windows_file"] = wp.name
+    full = {**meta, **extra, "features": list(features), "created_at": created.isoformat(), "versions": _versions(),
             "sha256": _sha256(final), "model_file": final.name}
     atomic_write_text(d / f"{name}.meta.json", json.dumps(full, indent=2, default=str))
     prune(d, keep_last)
@@ -292,15 +378,17 @@ def prune(directory: Path, keep_last: int) -> list[Path]:
     removed = []
     for meta in metas[:-keep_last] if keep_last > 0 else []:
         model = meta.with_name(meta.name.replace(".meta.json", ".json"))
-        for p in (model, meta):
+        for p in (model, windows_path(model), meta):
             if p.exists():
                 p.unlink()
                 removed.append(p)
     return removed
 
 
-def load_model(path: str | Path, expected_features: tuple[str, ...] = FEATURES) -> LoadedModel:
-    """Load one model file, verifying its metadata, hash and feature names."""
+def load_model(path: str | Path, expected_features: Sequence[str] = FEATURES) -> LoadedModel:
+    """Load one model file, verifying its metadata, hash and feature names: every feature
+    the model uses must be one this code computes (`expected_features`); a model saved
+    before a feature was added uses fewer and still loads (it scores on its own list)."""
     from catboost import CatBoostRegressor
 
     p = Path(path)
@@ -317,8 +405,13 @@ def load_model(path: str | Path, expected_features: tuple[str, ...] = FEATURES) 
     if digest != meta.get("sha256"):
         raise ModelError(f"model file corrupt: sha256 {digest[:12]}... does not match its metadata "
                          f"({str(meta.get('sha256'))[:12]}...): {p}")
-    if list(meta.get("features", [])) != list(expected_features):
-        raise ModelError(f"model features do not match this code: {meta.get('features')} vs {list(expected_features)}")
+    feats = meta.get("features")
+    if not isinstance(feats, list) or not feats or len(set(feats)) != len(feats):
+        raise ModelError(f"model features do not match this code: the metadata lists {feats!r}: {meta_path}")
+    unknown = [f for f in feats if f not in expected_features]
+    if unknown:
+        raise ModelError(f"model features do not match this code: it uses {unknown}, which this code does not "
+                         f"compute (it computes {list(expected_features)}): {p}")
     model = CatBoostRegressor()
     try:
         model.load_model(str(p), format="json")

@@ -33,8 +33,9 @@ STATS_COLUMNS = (
     "coin1", "coin2", "std_1", "std_2", "corr", "dist", "std", "pv_1", "pv_2", "pr_ind", "pr_rat_ind",
     "avg_pr_all", "pr_rat_all", "pr_best", "pr_rat_best", "loss_best", "max_drdn_best", "dur_best",
     "trades_best", "coverage", "best_param_id", "pr_test", "pr_rat_test", "loss_test", "max_drdn_test", "dur_test",
-    "trades_test",
+    "trades_test", "skipped_test", "liquidations_test",
 )
+REASON_LIQUIDATION = 4  # trades frame `reason` of a liquidated position (docs/strategy.md)
 MIN_TRAIN_BARS_EXTRA = 24  # bars beyond the largest window needed before valid_time
 
 
@@ -235,7 +236,9 @@ def run_pair(
                                 window_sizing(inp, strategy, inp.valid_time, bp.wind), True)
             tm = analyze_strategy(test.trades, inp.valid_time, inp.end_time, strategy.balance)
             stats.update(pr_test=tm["pr"], pr_rat_test=tm["pr_rat"], loss_test=tm["loss"],
-                         max_drdn_test=tm["max_drdn"], dur_test=tm["avg_dur"], trades_test=tm["trades"])
+                         max_drdn_test=tm["max_drdn"], dur_test=tm["avg_dur"], trades_test=tm["trades"],
+                         skipped_test=test.skipped_entries,
+                         liquidations_test=int((test.trades["reason"] == REASON_LIQUIDATION).sum()))
     out.stats = stats
     out.timings["total_s"] = time.perf_counter() - t_start
     return out

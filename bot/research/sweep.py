@@ -12,6 +12,8 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
+import math
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -100,11 +102,13 @@ async def load_input(db: Any, cfg: BotConfig, t1: str, t2: str, train_start: dt.
     )
 
 
-def _progress(total: int) -> Any:
+def _progress(total: int, desc: str = "sweep") -> Any:
+    """A progress callback: a tqdm bar on a terminal (stderr is a tty); otherwise one log
+    line (INFO) per 10 % of the pairs, with the counts so far and the time left."""
     if sys.stderr.isatty():
         from tqdm import tqdm
 
-        bar = tqdm(total=total, unit="pair", desc="sweep")
+        bar = tqdm(total=total, unit="pair", desc=desc, file=sys.stderr)
 
         def tick(o: PairOutcome) -> None:
             bar.update(1)
@@ -113,13 +117,45 @@ def _progress(total: int) -> Any:
         tick.close = bar.close  # type: ignore[attr-defined]
         return tick
     done = [0]
+    counts: dict[str, int] = {}
+    t0 = time.perf_counter()
+    marks = sorted({math.ceil(total * k / 10) for k in range(1, 11)})
 
     def line(o: PairOutcome) -> None:
         done[0] += 1
-        log.info("sweep %d/%d %s/%s %s %s", done[0], total, o.token_1, o.token_2, o.status, o.reason)
+        counts[o.status] = counts.get(o.status, 0) + 1
+        if marks and done[0] == marks[0]:
+            marks.pop(0)
+            el = time.perf_counter() - t0
+            eta = el / done[0] * (total - done[0])
+            log.info("%s: %d %% (%d/%d pairs: %s) in %.0f s, about %.0f s left", desc, 100 * done[0] // total,
+                     done[0], total, ", ".join(f"{v} {k}" for k, v in sorted(counts.items())), el, eta)
 
     line.close = lambda: None  # type: ignore[attr-defined]
     return line
+
+
+_NUMBER = re.compile(r"\d+(\.\d+)?")
+
+
+def outcome_summary(outcomes: list[PairOutcome], examples: int = 2) -> list[str]:
+    """The pairs that did not run, one line per (status, reason) with a count and examples;
+    token names and numbers in reasons are folded (a reason repeated for 10,000 pairs is one line)."""
+    groups: dict[tuple[str, str], list[PairOutcome]] = {}
+    for o in outcomes:
+        if o.status == "ok":
+            continue
+        why = o.reason
+        for t in sorted({o.token_1, o.token_2}, key=len, reverse=True):
+            why = re.sub(rf"\b{re.escape(t)}\b", "<token>", why)
+        groups.setdefault((o.status, _NUMBER.sub("N", why)), []).append(o)
+    out = []
+    for (status, why), group in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        eg = ", ".join(f"{o.token_1}/{o.token_2}" for o in group[:examples])
+        first = group[0].reason
+        out.append(f"{len(group)} pair{'s' if len(group) > 1 else ''} {status}: "
+                   f"{first if len(group) == 1 else why} ({'' if len(group) == 1 else 'e.g. '}{eg})")
+    return out
 
 
 async def run_sweep(
@@ -140,6 +176,7 @@ async def run_sweep(
     param_sets: list[ParamSet] | None = None,
     kind: str = "sweep",
     executor: Any = None,
+    progress_desc: str = "sweep",
 ) -> SweepReport:
     """Sweep every pair (skipping, with a reason, those that cannot run) and store the results."""
     t0 = time.perf_counter()
@@ -164,17 +201,24 @@ async def run_sweep(
         quotes_long = await read_quotes(db, [symbol_of(t) for t in pair_tokens], to_utc(train_start), to_utc(end_time))
         tasks: list[Task] = []
         skipped: list[PairOutcome] = []
+        bars_only = partial = 0
         for t1, t2 in pairs:
             try:
                 inp = await load_input(db, cfg, t1, t2, to_utc(train_start), to_utc(valid_time), to_utc(end_time),
                                        max_wind, info, assume_instruments, bars_long, quotes_long, history)
             except SkipPair as why:
-                log.warning("skipping %s/%s: %s", t1, t2, why)
+                log.debug("skipping %s/%s: %s", t1, t2, why)
                 skipped.append(PairOutcome(t1, t2, "skipped", str(why)))
                 continue
+            bars_only += inp.bars_only
+            partial += inp.is_quote is not None
             tasks.append((t1, t2, functools.partial(run_pair, inp, sets, default, cfg.strategy, with_features)))
+        if bars_only or partial:  # one line, not one per pair
+            log.info("%s: %d of %d pairs without quotes in the window (bars-only mode: bar-close ticks, half spread "
+                     "%g bp), %d partly covered by quotes", progress_desc, bars_only, len(tasks),
+                     cfg.strategy.half_spread_bp, partial)
         t_load = time.perf_counter() - t0
-        progress = _progress(len(tasks))
+        progress = _progress(len(tasks), progress_desc)
         try:
             run = executor or run_tasks
             outcomes = run(tasks, workers=workers or cfg.compute.workers, dask_address=cfg.compute.dask_scheduler,
@@ -184,7 +228,9 @@ async def run_sweep(
         outcomes = outcomes + skipped
         for o in outcomes:
             if o.status != "ok":
-                log.warning("%s/%s %s: %s", o.token_1, o.token_2, o.status, o.reason)
+                log.debug("%s/%s %s: %s", o.token_1, o.token_2, o.status, o.reason)
+        for text in outcome_summary(outcomes):
+            log.warning("%s: %s", progress_desc, text)
         logged = 0
         if trades_log is not None:
             jl = JsonlLog(trades_log)

@@ -82,7 +82,7 @@ async def load_input(db: Any, cfg: BotConfig, t1: str, t2: str, train_start: dt.
         metas.append(meta)
     tick_df, agg = await load_pair_data(db, t1, t2, train_start, end, s.tf, max_wind, cfg.data.reference_symbols,
                                         bars_long, quotes_long, half_spread=s.half_spread_bp * 1e-4,
-                                        history=history)
+                                        history=history, quiet=True)
     if agg.height == 0 or tick_df.height == 0:
         raise SkipPair(f"no data for {t1}/{t2} in the window (unknown token or no history)")
     is_quote = tick_df[f"{t1}_bid_size"].is_not_null().to_numpy()

@@ -769,7 +769,8 @@ async def load_pair_data(db: Any, token_1: str, token_2: str, start: Any, end: A
                          bars_long: pl.DataFrame | None = None,
                          quotes_long: pl.DataFrame | None = None,
                          half_spread: float = 1e-4,
-                         history: dt.timedelta | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+                         history: dt.timedelta | None = None,
+                         quiet: bool = False) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(tick_df, agg_df) in the notebook's layout.
 
     tick_df: the ticks of [start, end), sorted by ts; columns `time`, `ts` (int s) and
@@ -787,7 +788,8 @@ async def load_pair_data(db: Any, token_1: str, token_2: str, start: Any, end: A
     BTC/ETH/SOL left-joined when present). `history` (e.g. 180 days for the open-time
     features) loads more of the past than the z windows need. `bars_long` (a read_bars
     frame covering the window for these symbols) saves the bar query when many pairs
-    are loaded, and `quotes_long` (a read_quotes frame) the quote queries.
+    are loaded, and `quotes_long` (a read_quotes frame) the quote queries. `quiet`: no
+    per-pair debug line about bar-close ticks (run_sweep counts them in one line).
     """
     t1, t2 = token_of(token_1), token_of(token_2)
     lo, hi = to_utc(start), to_utc(end)
@@ -816,7 +818,8 @@ async def load_pair_data(db: Any, token_1: str, token_2: str, start: Any, end: A
     window_bars = agg.filter((pl.col("time") >= lo) & (pl.col("ts") + tf_s <= hi.timestamp()))
     qticks = _quote_ticks(quotes, t1, t2) if quotes.height else None
     if qticks is None or qticks.height == 0:
-        log.debug("no quotes for %s/%s in range: bars-only mode", t1, t2)
+        if not quiet:
+            log.debug("no quotes for %s/%s in range: bars-only mode", t1, t2)
         return bar_close_ticks(window_bars, (t1, t2), half_spread), agg
     covered = qticks.select((pl.col("ts") // tf_s * tf_s).unique().alias("ts"))
     gaps = window_bars.join(covered, on="ts", how="anti")
@@ -824,5 +827,6 @@ async def load_pair_data(db: Any, token_1: str, token_2: str, start: Any, end: A
         return qticks, agg
     ticks = pl.concat([qticks, bar_close_ticks(gaps, (t1, t2), half_spread).select(qticks.columns)],
                       how="vertical_relaxed").sort("ts", maintain_order=True)
-    log.debug("%s/%s: %d of %d bars without quotes get bar-close ticks", t1, t2, gaps.height, window_bars.height)
+    if not quiet:
+        log.debug("%s/%s: %d of %d bars without quotes get bar-close ticks", t1, t2, gaps.height, window_bars.height)
     return ticks, agg

@@ -16,6 +16,10 @@ compute the same numbers. All amounts are in USDT; quantities in base units.
 - funding: for each funding time t_f with open_ts < t_f <= close_ts, a long leg pays
   qty * mark * rate and a short leg receives it (rate > 0); mark = the leg's mid at
   the last tick at or before t_f.
+- liquidation (isolated margin per pair trade): margin in use
+  M = (qty_1 open_1 + qty_2 open_2) / leverage; at close prices c_i (long leg at the
+  bid, short leg at the ask) equity = M + sum_i side_i (c_i - open_i) qty_i (fees and
+  funding not counted); liquidated when equity <= mmr * sum_i c_i qty_i.
 """
 
 from __future__ import annotations
@@ -142,3 +146,37 @@ def funding_paid(
             total -= side * qty * mid[j] * f_rate[k]
         k += 1
     return total
+
+
+@njit(cache=True)
+def pair_margin(qty_1: float, open_1: float, qty_2: float, open_2: float, leverage: float) -> float:
+    """Margin in use of a pair trade, USDT: M = (qty_1 open_1 + qty_2 open_2) / leverage,
+    the open notionals at the fill prices (strategy.md section 4)."""
+    return (qty_1 * open_1 + qty_2 * open_2) / leverage
+
+
+@njit(cache=True)
+def liquidation_hit(
+    pos_side: float, qty_1: float, qty_2: float, open_1: float, open_2: float, margin: float,
+    mmr: float, bid_1: float, ask_1: float, bid_2: float, ask_2: float,
+) -> bool:
+    """True when a pair position is liquidated at these prices (strategy.md section 4).
+
+    pos_side 1 (long token_1, short token_2) closes leg 1 at `bid_1` and leg 2 at
+    `ask_2`; pos_side 2 closes leg 1 at `ask_1` and leg 2 at `bid_2`. With c_i those
+    close prices and `margin` = M (:func:`pair_margin`), in USDT:
+    equity = M + side_1 (c_1 - open_1) qty_1 + side_2 (c_2 - open_2) qty_2, side +1 long,
+    -1 short (price PnL only: no fees, no funding); liquidated iff
+    equity <= mmr * (c_1 qty_1 + c_2 qty_2). `mmr` NaN (rule off) is never a hit.
+    The one implementation: the batch kernel, the step interface and the paper
+    exchange all call it.
+    """
+    if pos_side == 1.0:
+        c1 = bid_1
+        c2 = ask_2
+        pnl = (c1 - open_1) * qty_1 - (c2 - open_2) * qty_2
+    else:
+        c1 = ask_1
+        c2 = bid_2
+        pnl = -(c1 - open_1) * qty_1 + (c2 - open_2) * qty_2
+    return margin + pnl <= mmr * (c1 * qty_1 + c2 * qty_2)

@@ -12,6 +12,11 @@ Per tick it returns an action:
   latency has elapsed, or a latency-0 decision taken on this tick);
 - ``ACT_CLOSE``: close now; the reason (1 exit, 2 stop-loss) is in the state.
 
+Liquidation (reason 4, strategy.md section 4) is not a signal rule: the caller
+checks it with the position's prices before :func:`machine_step` on every tick
+with valid prices while a position is open, and on a hit calls
+:func:`machine_liquidated` instead of :func:`machine_step` for that tick.
+
 After an open action the caller reports the outcome: :func:`machine_opened`
 (filled; ``open_z`` = z at the fill tick, or the decision z when the fill tick
 has a null z) or :func:`machine_open_skipped` (sizing refused it: FLAT again).
@@ -49,6 +54,12 @@ SIDE_SHORT = 2  # short spread: short token_1, long token_2
 REASON_EXIT = 1
 REASON_STOP = 2
 REASON_FORCE = 3
+REASON_LIQUIDATION = 4
+
+# names for printing (the trades frame keeps the integers, as the notebook does)
+SIDE_NAMES = {SIDE_LONG: "long", SIDE_SHORT: "short"}
+REASON_NAMES = {REASON_EXIT: "exit", REASON_STOP: "stop-loss", REASON_FORCE: "force close",
+                REASON_LIQUIDATION: "liquidation"}
 
 METHODS = {"direct": 0, "reverse_static": 1, "reverse_dynamic": 2}
 SL_METHODS = {"leave": 0, "cooldown": 1}
@@ -327,16 +338,25 @@ def machine_open_skipped(st: np.ndarray) -> None:
 
 @njit(cache=True)
 def machine_closed(st: np.ndarray, p: np.ndarray) -> int:
-    """The pending close filled; returns its reason and applies sl_method after a stop."""
+    """The pending close filled; returns its reason and applies sl_method after a stop
+    (or a liquidation)."""
     reason = int(st[S_REASON])
     st[S_POS] = 0.0
     st[S_ARM] = 0.0
     st[S_XARM] = 0.0
     st[S_ADV] = np.nan
     st[S_PEND] = 0.0
-    if reason == REASON_STOP:
+    if reason == REASON_STOP or reason == REASON_LIQUIDATION:
         st[S_BLOCK] = 1.0 if p[P_SL_M] == 0.0 else 2.0
     return reason
+
+
+@njit(cache=True)
+def machine_liquidated(st: np.ndarray, p: np.ndarray) -> int:
+    """The open position was liquidated at this tick (strategy.md section 4): FLAT, any
+    pending close dropped, and sl_method applies as after a stop-loss; returns 4."""
+    st[S_REASON] = REASON_LIQUIDATION
+    return machine_closed(st, p)
 
 
 class SignalMachine:
@@ -366,6 +386,10 @@ class SignalMachine:
 
     def closed(self) -> int:
         return int(machine_closed(self._st, self._p))
+
+    def liquidated(self) -> int:
+        """The position was liquidated (checked by the caller before `on_tick`); returns 4."""
+        return int(machine_liquidated(self._st, self._p))
 
     def reset_block(self) -> None:
         """Lift a `leave` block (the live bot does it at re-selection)."""

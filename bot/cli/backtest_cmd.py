@@ -177,6 +177,7 @@ def plot_backtest(path: str, zdf: pl.DataFrame, trades: pl.DataFrame, s: dict[st
 
 
 def cmd_backtest(args: argparse.Namespace, cfg: BotConfig) -> int:
+    from bot.analysis.backtesting import named_trades
     from bot.core.db.pool import open_database
 
     s = effective_params(args, cfg)
@@ -203,8 +204,8 @@ def cmd_backtest(args: argparse.Namespace, cfg: BotConfig) -> int:
     print(f"{t1}/{t2} {start:%Y-%m-%d %H:%M} -> {end:%Y-%m-%d %H:%M} UTC, tf {s['tf']}, wind {s['wind']}, "
           f"{s['spr_method']}, in {s['thresh_in']} out {s['thresh_out']}, {s['open_method']}/{s['close_method']}")
     with pl.Config(tbl_rows=args.max_rows, tbl_cols=12, tbl_width_chars=160):
-        print(trades.select("open_time", "close_time", "pos_side", "reason", "qty_1", "qty_2",
-                            "open_z", "close_z", "fees", "total_profit"))
+        print(named_trades(trades).select("open_time", "close_time", "pos_side", "reason", "qty_1", "qty_2",
+                                          "open_z", "close_z", "fees", "total_profit"))
     print(f"  {'skipped_entries':15s} {run_.skipped_entries}  (entries not sized: below min_order_size,"
           " the instrument's min qty or min notional)")
     cov = run_.coverage

@@ -51,6 +51,8 @@ class StrategyConfig(_Section):
     long_possible: bool = True
     short_possible: bool = True
     leverage: float = Field(2.0, gt=0)
+    maintenance_margin_rate: float | None = Field(
+        0.01, ge=0, lt=1, description="liquidation when a pair trade's equity <= this x its close notional; null: off")
     balance: float = Field(100.0, gt=0)
     order_size: float = Field(50.0, gt=0)
     min_order_size: float = Field(42.0, ge=0)

@@ -98,7 +98,7 @@ def window_sizing(inp: PairInput, s: StrategyConfig, start_ts: float, wind: int)
     qty and min notional, and for vol_neutral the volatilities known at the window's start
     (est.sizing_vol over the `wind` bars before it, `wind` being the parameter set's z-score
     window, so `bot backtest --wind W` and a sweep's set with wind W size alike;
-    usdt_neutral when unknown)."""
+    usdt_neutral when unknown); the strategy's maintenance_margin_rate (liquidation)."""
     tf_s = tf_seconds(s.tf)
     std_1 = est.sizing_vol(inp.bar_ts, inp.close_1, start_ts, wind, tf_s)
     std_2 = est.sizing_vol(inp.bar_ts, inp.close_2, start_ts, wind, tf_s)
@@ -106,7 +106,8 @@ def window_sizing(inp: PairInput, s: StrategyConfig, start_ts: float, wind: int)
     return SizingParams(s.balance, s.order_size, s.min_order_size, s.leverage,
                         s.qty_method if (ok or s.qty_method != "vol_neutral") else "usdt_neutral",
                         std_1 if ok else 1.0, std_2 if ok else 1.0, s.fee_rate, inp.qty_step_1,
-                        inp.qty_step_2, inp.min_qty_1, inp.min_qty_2, inp.min_notional_1, inp.min_notional_2)
+                        inp.qty_step_2, inp.min_qty_1, inp.min_qty_2, inp.min_notional_1, inp.min_notional_2,
+                        s.maintenance_margin_rate)
 
 
 def z_ticks(inp: PairInput, keys: set[tuple[str, int]], tf: str, median_length: int) -> dict[tuple[str, int], TickArrays]:

@@ -41,6 +41,7 @@ params_strategy = st.fixed_dictionaries({
     "latency_s": st.sampled_from([0, 3, 20]), "long_possible": st.booleans(), "short_possible": st.booleans(),
     "force_close": st.booleans(), "qty_method": st.sampled_from(["usdt_neutral", "vol_neutral"]),
     "min_order_size": st.sampled_from([0.0, 42.0]),
+    "leverage": st.sampled_from([2.0, 20.0, 50.0]), "mmr": st.sampled_from([None, 0.0, 0.01, 0.05]),
 })
 
 
@@ -51,9 +52,9 @@ def _kwargs(p: dict) -> dict:
         long_possible=p["long_possible"], short_possible=p["short_possible"], balance=100.0, order_size=50.0,
         qty_method=p["qty_method"], std_1=0.05, std_2=0.03, fee_rate=0.001, sl_std=p["sl_std"],
         sl_dist=p["sl_dist"], sl_method=p["sl_method"], sl_seconds=p["sl_seconds"],
-        open_method=p["open_method"], close_method=p["close_method"], leverage=2.0, dist_in=p["dist_in"],
+        open_method=p["open_method"], close_method=p["close_method"], leverage=p["leverage"], dist_in=p["dist_in"],
         dist_out=p["dist_out"], force_close=p["force_close"], latency_s=p["latency_s"],
-        min_order_size=p["min_order_size"],
+        min_order_size=p["min_order_size"], maintenance_margin_rate=p["mmr"],
     )
 
 
@@ -62,17 +63,20 @@ def _kwargs(p: dict) -> dict:
 def test_step_interface_gives_the_batch_trades(seed: int, p: dict) -> None:
     df = _random_ticks(seed)
     kw = _kwargs(p)
-    batch = backtest(df, "A", "B", 0.1, 0.01, **kw)
+    res = backtest(df, "A", "B", 0.1, 0.01, **kw, return_result=True)
+    batch = res.trades
     sig = SignalParams(kw["thresh_low_in"], kw["thresh_low_out"], kw["thresh_high_in"], kw["thresh_high_out"],
                        kw["long_possible"], kw["short_possible"], kw["open_method"], kw["close_method"],
                        kw["dist_in"], kw["dist_out"], kw["sl_std"], kw["sl_dist"], kw["sl_seconds"],
                        kw["sl_method"], kw["latency_s"])
-    siz = SizingParams(100.0, 50.0, kw["min_order_size"], 2.0, kw["qty_method"], 0.05, 0.03, 0.001, 0.1, 0.01)
+    siz = SizingParams(100.0, 50.0, kw["min_order_size"], kw["leverage"], kw["qty_method"], 0.05, 0.03, 0.001, 0.1,
+                       0.01, maintenance_margin_rate=kw["maintenance_margin_rate"])
     sb = StreamingBacktest(sig, siz)
     for r in df.iter_rows(named=True):
         sb.on_tick(r["ts"], r["z_score"], r["A_bid_price"], r["A_ask_price"], r["B_bid_price"], r["B_ask_price"])
     stream = sb.finish(kw["force_close"])
     assert stream.equals(batch), (stream, batch)
+    assert (sb.liquidations, sb.skips, sb.skipped_entries) == (res.liquidations, res.skips, res.skipped_entries)
 
 
 @settings(max_examples=40, deadline=None)

@@ -45,7 +45,8 @@ def test_case_step_interface(case: dict) -> None:
                        p["dist_in"], p["dist_out"], p["sl_std"], p["sl_dist"], p["sl_seconds"],
                        p["sl_method"], p["latency_s"])
     siz = SizingParams(p["balance"], p["order_size"], p["min_order_size"], p["leverage"], p["qty_method"],
-                       p["std_1"], p["std_2"], p["fee_rate"], case["dp_1"], case["dp_2"])
+                       p["std_1"], p["std_2"], p["fee_rate"], case["dp_1"], case["dp_2"],
+                       maintenance_margin_rate=p.get("maintenance_margin_rate", 0.01))
     sb = StreamingBacktest(sig, siz)
     t = case["ticks"]
     for i in range(len(t["ts"])):

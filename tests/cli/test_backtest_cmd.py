@@ -28,6 +28,10 @@ async def test_backtest_command_prints_trades_metrics_and_plots(db: Database, tm
     assert f"{g.leader}/{g.members[0]}" in out and "in 1.8 out 0.2" in out
     for key in ("trades", "pr_rat", "max_drdn", "sharpe", "exposure"):
         assert f"  {key} " in out
+    # the trades table names pos_side and reason (the trades frame keeps the integers)
+    table = out.split("total_profit", 1)[1].split("skipped_entries", 1)[0]
+    assert any(f" {side} " in table for side in ("long", "short"))
+    assert any(f" {why} " in table for why in ("exit", "stop-loss", "force close", "liquidation"))
     assert plot.exists() and plot.stat().st_size > 10_000
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

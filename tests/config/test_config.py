@@ -54,6 +54,14 @@ def test_cross_field_rules() -> None:
         parse_config({"research": {"valid_time": "2025-01-02T00:00:00Z", "end_time": "2025-01-01T00:00:00Z"}}, env={})
 
 
+def test_maintenance_margin_rate() -> None:
+    assert load(example_path()).strategy.maintenance_margin_rate == 0.01
+    assert parse_config({"strategy": {"maintenance_margin_rate": None}}, env={}).strategy.maintenance_margin_rate is None
+    for bad in (-0.01, 1.0):
+        with pytest.raises(ConfigError, match="strategy.maintenance_margin_rate"):
+            parse_config({"strategy": {"maintenance_margin_rate": bad}}, env={})
+
+
 def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
     p = tmp_path / "c.yaml"
     p.write_text("strategy:\n  wind: [1, 2\n")

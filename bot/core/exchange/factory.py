@@ -57,8 +57,10 @@ def trading_exchange(cfg: BotConfig, instruments: list[Instrument], balance: Dec
     check_live_keys(cfg.exchange, env)
     if cfg.exchange.mode == "paper":
         s = cfg.strategy
+        mmr = s.maintenance_margin_rate
         return PaperExchange(instruments, Decimal(repr(balance if balance is not None else s.balance)),
-                             Decimal(repr(s.fee_rate)), Decimal(repr(s.leverage)))
+                             Decimal(repr(s.fee_rate)), Decimal(repr(s.leverage)),
+                             None if mmr is None else Decimal(repr(mmr)))
     key, secret = api_keys(cfg.exchange, env)
     return _bybit(cfg.exchange, key, secret)
 

@@ -10,7 +10,6 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import polars as pl
 
 from bot.cli.args import (
@@ -123,8 +122,7 @@ async def run_backtest_from_db(db: Any, cfg: BotConfig, t1: str, t2: str, start:
     res = run_backtest(ticks, signal_params(p, strategy), window_sizing(inp, strategy, start.timestamp(), p.wind),
                        strategy.force_close, token_1=t1, token_2=t2)
     metrics = analyze_strategy(res.trades, start, end, strategy.balance)
-    is_quote = inp.is_quote if inp.is_quote is not None else np.full(inp.tick_ts.shape, not inp.bars_only)
-    coverage = quote_coverage(inp.tick_ts, is_quote, start.timestamp(), end.timestamp(), tf_seconds(p.tf))
+    coverage = quote_coverage(inp.tick_ts, inp.quote_mask(), start.timestamp(), end.timestamp(), tf_seconds(p.tf))
     zdf = pl.DataFrame({"ts": ticks.ts, "z_score": ticks.z}).with_columns(
         pl.from_epoch((pl.col("ts") * 1e6).round().cast(pl.Int64), time_unit="us").dt.replace_time_zone("UTC")
         .alias("time"))

@@ -171,6 +171,24 @@ def open_trade(
     return OPEN_FILLED
 
 
+def entry_sizing_problem(sizing: SizingParams, low_1: float, low_2: float) -> str | None:
+    """Why no entry can be sized at the initial balance, or None when one can: the entry
+    of strategy.md section 3 tried on both sides at the most favourable fill prices seen
+    (each leg's lowest price over the window, `low_1`, `low_2`: the largest qty for a
+    notional), beta 1. A name of SKIP_REASONS; beta_neutral (its legs follow the beta
+    of each tick) is never judged here (None)."""
+    if sizing.qty_method == "beta_neutral" or not (low_1 > 0 and low_2 > 0):
+        return None
+    sz = sizing.to_array()
+    rec = np.empty(NTC)
+    why = OPEN_FILLED
+    for side in (1, 2):
+        why = open_trade(rec, sz, sizing.balance, side, 0.0, 0.0, low_1, low_1, low_2, low_2, 1.0)
+        if why == OPEN_FILLED:
+            return None
+    return SKIP_REASONS[why - 1]
+
+
 @njit(cache=True)
 def trade_margin(rec: np.ndarray, sz: np.ndarray) -> float:
     """M of the open trade `rec`, USDT (fills.pair_margin), once per position."""

@@ -80,6 +80,8 @@ class BacktestRun:
     coverage: float
     median_length: int = 1
     bars_only: bool = False
+    skips: dict[str, int] | None = None  # skipped entries per sizing reason
+    untradeable: str = ""  # why no entry can be sized (pair_job.untradeable_reason), "" when one can
 
 
 async def run_backtest_from_db(db: Any, cfg: BotConfig, t1: str, t2: str, start: dt.datetime,
@@ -95,9 +97,11 @@ async def run_backtest_from_db(db: Any, cfg: BotConfig, t1: str, t2: str, start:
     from bot.analysis.zscore import tf_seconds
     from bot.core.db.market import coin_information
     from bot.research.pair_job import (
+        PairOutcome,
         signal_params,
         slice_ticks,
         tick_median_length,
+        untradeable_reason,
         window_sizing,
         window_slice,
         z_ticks,
@@ -119,14 +123,17 @@ async def run_backtest_from_db(db: Any, cfg: BotConfig, t1: str, t2: str, start:
     if hi <= lo:
         raise UsageError(f"no tick of {t1}/{t2} between {start:%Y-%m-%d %H:%M} and {end:%Y-%m-%d %H:%M}")
     ticks = slice_ticks(zs[p.z_key], lo, hi)
-    res = run_backtest(ticks, signal_params(p, strategy), window_sizing(inp, strategy, start.timestamp(), p.wind),
-                       strategy.force_close, token_1=t1, token_2=t2)
+    sizing = window_sizing(inp, strategy, start.timestamp(), p.wind)
+    res = run_backtest(ticks, signal_params(p, strategy), sizing, strategy.force_close, token_1=t1, token_2=t2)
+    why = untradeable_reason(inp, sizing, lo, hi, PairOutcome(t1, t2, "ok", skips=dict(res.skips),
+                                                              summaries=[{"trades": res.trades.height}]))
     metrics = analyze_strategy(res.trades, start, end, strategy.balance)
     coverage = quote_coverage(inp.tick_ts, inp.quote_mask(), start.timestamp(), end.timestamp(), tf_seconds(p.tf))
     zdf = pl.DataFrame({"ts": ticks.ts, "z_score": ticks.z}).with_columns(
         pl.from_epoch((pl.col("ts") * 1e6).round().cast(pl.Int64), time_unit="us").dt.replace_time_zone("UTC")
         .alias("time"))
-    return BacktestRun(zdf, res.trades, metrics, res.skipped_entries, coverage, m, inp.bars_only)
+    return BacktestRun(zdf, res.trades, metrics, res.skipped_entries, coverage, m, inp.bars_only,
+                       dict(res.skips), why)
 
 
 async def _what_is_stored(db: Any, t1: str, t2: str, tf: str) -> str:
@@ -204,8 +211,10 @@ def cmd_backtest(args: argparse.Namespace, cfg: BotConfig) -> int:
     with pl.Config(tbl_rows=args.max_rows, tbl_cols=12, tbl_width_chars=160):
         print(named_trades(trades).select("open_time", "close_time", "pos_side", "reason", "qty_1", "qty_2",
                                           "open_z", "close_z", "fees", "total_profit"))
-    print(f"  {'skipped_entries':15s} {run_.skipped_entries}  (entries not sized: below min_order_size,"
-          " the instrument's min qty or min notional)")
+    by_reason = ", ".join(f"{k} {v}" for k, v in (run_.skips or {}).items())
+    print(f"  {'skipped_entries':15s} {run_.skipped_entries}  (entries not sized, by reason: {by_reason})")
+    if run_.untradeable:
+        print(f"WARNING: {t1}/{t2} {run_.untradeable}", file=sys.stderr)
     cov = run_.coverage
     if args.median_length is not None and run_.median_length != args.median_length:
         print(f"WARNING: --median-length {args.median_length} not applied: {t1}/{t2} has no quotes in the"

@@ -20,7 +20,7 @@ import numpy as np
 import polars as pl
 
 from bot.analysis import estimators as est
-from bot.analysis.backtesting import SizingParams, TickArrays, run_backtest
+from bot.analysis.backtesting import SizingParams, TickArrays, entry_sizing_problem, run_backtest
 from bot.analysis.coverage import quote_coverage
 from bot.analysis.open_time_features import open_time_features
 from bot.analysis.signals import SignalParams
@@ -75,9 +75,10 @@ class PairInput:
 class PairOutcome:
     token_1: str
     token_2: str
-    status: str  # ok | skipped | failed
+    status: str  # ok | skipped | failed | untradeable (no entry can be sized: `reason` says why)
     reason: str = ""
     stats: dict[str, Any] = field(default_factory=dict)
+    skips: dict[str, int] = field(default_factory=dict)  # train-window skipped entries per reason, all sets
     summaries: list[dict[str, Any]] = field(default_factory=list)
     trade_records: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
@@ -202,6 +203,9 @@ def run_pair(
         metrics = analyze_strategy(res.trades, inp.train_start, inp.valid_time, strategy.balance)
         summary = _summary(p, metrics)
         summary["skipped_entries"] = res.skipped_entries
+        summary["skips"] = res.skips
+        for k, v in res.skips.items():
+            out.skips[k] = out.skips.get(k, 0) + v
         out.summaries.append(summary)
         if with_features and res.trades.height:
             tf0 = time.perf_counter()
@@ -241,8 +245,45 @@ def run_pair(
                          skipped_test=test.skipped_entries,
                          liquidations_test=int((test.trades["reason"] == REASON_LIQUIDATION).sum()))
     out.stats = stats
+    why = untradeable_reason(inp, sizings[default.wind], lo, mid, out)
+    if why:
+        out.status, out.reason = "untradeable", why
     out.timings["total_s"] = time.perf_counter() - t_start
     return out
+
+
+SKIP_TEXT = {"min_order_size": "margin per leg below min_order_size",
+             "min_qty": "qty below the instrument's minimum",
+             "min_notional": "notional below the instrument's minimum"}
+
+
+def untradeable_reason(inp: PairInput, sizing: SizingParams, lo: int, hi: int, out: PairOutcome) -> str:
+    """Why no entry of the pair can be sized at the configured notional over ticks [lo, hi),
+    or "" when one can. Two proofs: the entry tried at the window's lowest prices (the
+    largest quantities: backtesting.entry_sizing_problem) fails, or every parameter set
+    traded nothing while sizing refused entries (out.skips). The reason names the sizing
+    rule and the numbers: margin m = min(order_size, balance / 2), notional N = m * leverage."""
+    low_1 = float(np.nanmin(inp.bid_1[lo:hi])) if hi > lo else math.nan
+    low_2 = float(np.nanmin(inp.bid_2[lo:hi])) if hi > lo else math.nan
+    problem = entry_sizing_problem(sizing, low_1, low_2)
+    if problem is None and out.summaries and not any(r["trades"] for r in out.summaries) and sum(out.skips.values()):
+        problem = max(out.skips, key=lambda k: out.skips[k])
+    if problem is None:
+        return ""
+    m = min(sizing.order_size, sizing.balance / 2)
+    n = m * sizing.leverage
+    if problem == "min_order_size":
+        detail = f"margin {m:g} USDT < min_order_size {sizing.min_order_size:g}"
+    else:
+        legs = []
+        for tok, low, step, mq, mn in ((inp.token_1, low_1, inp.qty_step_1, inp.min_qty_1, inp.min_notional_1),
+                                       (inp.token_2, low_2, inp.qty_step_2, inp.min_qty_2, inp.min_notional_2)):
+            least = max(mq or step, step) * low
+            legs.append(f"{tok} min qty {max(mq or step, step):g} x lowest price {low:.6g} = {least:.6g} USDT"
+                        + (f", min notional {mn:g}" if mn else ""))
+        detail = f"{n:g} USDT per leg; " + "; ".join(legs)
+    skipped = sum(out.skips.values())
+    return f"untradeable: {SKIP_TEXT[problem]} ({detail}; {skipped} entries skipped in the train window)"
 
 
 def stats_frame(outcomes: list[PairOutcome]) -> pl.DataFrame:

@@ -47,7 +47,8 @@ def check_coverage(statuses: Sequence[str], min_share: float) -> None:
     n = len(statuses)
     if n == 0:
         raise Refusal("refused: no candidate pair to evaluate")
-    ok = sum(s == "ok" for s in statuses)
+    # an untradeable pair was evaluated (its data is fine; sizing refuses it): it counts
+    ok = sum(s in ("ok", "untradeable") for s in statuses)
     if ok / n < min_share:
         raise Refusal(f"refused: only {ok} of {n} candidates evaluated ({ok / n:.0%}; the rest skipped or failed;"
                       f" selection.min_evaluated_share = {min_share:g})")

@@ -38,14 +38,14 @@ async def write_outcomes(pool: Any, run_id: int, outcomes: list[PairOutcome]) ->
     stat_rows = []
     sweep_rows = []
     for o in outcomes:
-        stat_rows.append((run_id, o.token_1, o.token_2, o.status, o.reason,
+        stat_rows.append((run_id, o.token_1, o.token_2, o.status, o.reason, dumps(o.skips) if o.skips else None,
                           *[_num(o.stats.get(c)) for c in _STAT_VALUES]))
         for s in o.summaries:
             sweep_rows.append((run_id, o.token_1, o.token_2, int(s["param_id"]), dumps(s["params"]),
                                int(s["trades"]), _num(s["pr"]), _num(s["pr_rat"]), _num(s["max_drdn"]),
                                _num(s["loss"]), _num(s["avg_dur"]), dumps(s["metrics"])))
-    cols = ", ".join(["run_id", "coin1", "coin2", "status", "reason", *_STAT_VALUES])
-    marks = ", ".join(f"${k}" for k in range(1, 6 + len(_STAT_VALUES)))
+    cols = ", ".join(["run_id", "coin1", "coin2", "status", "reason", "skips", *_STAT_VALUES])
+    marks = ", ".join(f"${k}" for k in range(1, 7 + len(_STAT_VALUES)))
     async with pool.acquire() as conn, conn.transaction():
         await conn.executemany(f"INSERT INTO pair_stats ({cols}) VALUES ({marks})", stat_rows)
         if sweep_rows:

@@ -51,7 +51,8 @@ def decide(
         if (t1, t2) in kept:
             continue
         if row.get("status", "ok") != "ok":
-            out.append(Decision(t1, t2, "failed", f"failed: {row.get('reason', '')}".strip()))
+            what = "failed: untradeable:" if row.get("status") == "untradeable" else "failed:"
+            out.append(Decision(t1, t2, "failed", f"{what} {row.get('reason', '')}".strip()))
             continue
         failing = [k for k, thr in thresholds.items() if not _val(row, k) > thr]
         if failing:

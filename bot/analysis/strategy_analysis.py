@@ -15,7 +15,8 @@ Definitions (all money in USDT, percentages in %, durations in hours):
   sortino = mean / sqrt(mean(min(r, 0)^2)) * sqrt(365); None when undefined.
 - calmar = annualised return % / max_drdn, annualised return = (E_end / E_0)^(365 / days) - 1.
 - exposure = % of [start, end] covered by the union of [open_ts, close_ts].
-- stop_losses = trades with reason 2; trades_per_day = trades / days.
+- stop_losses = trades with reason 2; liquidations = trades with reason 4 (strategy.md
+  section 4); trades_per_day = trades / days.
 
 Empty input gives the same keys with zeros (counts, sums) or None (ratios).
 """
@@ -32,7 +33,7 @@ import polars as pl
 METRIC_KEYS = (
     "trades", "wins", "win_rate", "total_profit", "pr", "avg_profit", "loss", "max_drdn",
     "pr_rat", "avg_dur", "max_dur", "profit_factor", "sharpe", "sortino", "calmar", "exposure",
-    "stop_losses", "trades_per_day",
+    "stop_losses", "liquidations", "trades_per_day",
 )
 
 
@@ -100,7 +101,7 @@ def analyze_strategy(trades_df: pl.DataFrame | None, start_date: Any, end_date: 
     n = 0 if trades_df is None else trades_df.height
     out: dict[str, Any] = dict.fromkeys(METRIC_KEYS)
     out.update(trades=0, wins=0, total_profit=0.0, pr=0.0, loss=0.0, max_drdn=0.0, pr_rat=0.0,
-               exposure=0.0, stop_losses=0, trades_per_day=0.0)
+               exposure=0.0, stop_losses=0, liquidations=0, trades_per_day=0.0)
     if n == 0 or trades_df is None:
         return out
     profit = trades_df.get_column("total_profit").cast(pl.Float64).to_numpy()
@@ -121,6 +122,7 @@ def analyze_strategy(trades_df: pl.DataFrame | None, start_date: Any, end_date: 
         avg_dur=float(dur_h.mean()), max_dur=float(dur_h.max()),
         profit_factor=(gross_win / -gross_loss) if gross_loss < 0 else None,
         stop_losses=int((trades_df.get_column("reason").cast(pl.Int64).to_numpy() == 2).sum()),
+        liquidations=int((trades_df.get_column("reason").cast(pl.Int64).to_numpy() == 4).sum()),
         trades_per_day=(n / days) if days > 0 else None,
         exposure=_exposure(open_ts, close_ts, start, end),
     )

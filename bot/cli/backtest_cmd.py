@@ -126,7 +126,8 @@ async def run_backtest_from_db(db: Any, cfg: BotConfig, t1: str, t2: str, start:
     sizing = window_sizing(inp, strategy, start.timestamp(), p.wind)
     res = run_backtest(ticks, signal_params(p, strategy), sizing, strategy.force_close, token_1=t1, token_2=t2)
     why = untradeable_reason(inp, sizing, lo, hi, PairOutcome(t1, t2, "ok", skips=dict(res.skips),
-                                                              summaries=[{"trades": res.trades.height}]))
+                                                              summaries=[{"trades": res.trades.height}]),
+                             where="the window")
     metrics = analyze_strategy(res.trades, start, end, strategy.balance)
     coverage = quote_coverage(inp.tick_ts, inp.quote_mask(), start.timestamp(), end.timestamp(), tf_seconds(p.tf))
     zdf = pl.DataFrame({"ts": ticks.ts, "z_score": ticks.z}).with_columns(
@@ -214,7 +215,7 @@ def cmd_backtest(args: argparse.Namespace, cfg: BotConfig) -> int:
     by_reason = ", ".join(f"{k} {v}" for k, v in (run_.skips or {}).items())
     print(f"  {'skipped_entries':15s} {run_.skipped_entries}  (entries not sized, by reason: {by_reason})")
     if run_.untradeable:
-        print(f"WARNING: {t1}/{t2} {run_.untradeable}", file=sys.stderr)
+        print(f"WARNING: {t1}/{t2} untradeable: {run_.untradeable}", file=sys.stderr)
     cov = run_.coverage
     if args.median_length is not None and run_.median_length != args.median_length:
         print(f"WARNING: --median-length {args.median_length} not applied: {t1}/{t2} has no quotes in the"

@@ -374,15 +374,28 @@ def save_model(model: Any, directory: str | Path, meta: dict[str, Any], keep_las
 
 
 def prune(directory: Path, keep_last: int) -> list[Path]:
+    """Delete all but the `keep_last` newest models, never the newest promoted one (the
+    model the re-selection uses, which `bot train` says it keeps)."""
     metas = sorted(directory.glob("model-*.meta.json"))
+    promoted = [m for m in metas if _is_promoted(m)]
+    keep = {promoted[-1]} if promoted else set()
     removed = []
     for meta in metas[:-keep_last] if keep_last > 0 else []:
+        if meta in keep:
+            continue
         model = meta.with_name(meta.name.replace(".meta.json", ".json"))
         for p in (model, windows_path(model), meta):
             if p.exists():
                 p.unlink()
                 removed.append(p)
     return removed
+
+
+def _is_promoted(meta: Path) -> bool:
+    try:
+        return bool(json.loads(meta.read_text()).get("promoted"))
+    except (OSError, ValueError):
+        return False
 
 
 def load_model(path: str | Path, expected_features: Sequence[str] = FEATURES) -> LoadedModel:

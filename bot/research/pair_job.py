@@ -257,7 +257,8 @@ SKIP_TEXT = {"min_order_size": "margin per leg below min_order_size",
              "min_notional": "notional below the instrument's minimum"}
 
 
-def untradeable_reason(inp: PairInput, sizing: SizingParams, lo: int, hi: int, out: PairOutcome) -> str:
+def untradeable_reason(inp: PairInput, sizing: SizingParams, lo: int, hi: int, out: PairOutcome,
+                       where: str = "the train window") -> str:
     """Why no entry of the pair can be sized at the configured notional over ticks [lo, hi),
     or "" when one can. Two proofs: the entry tried at the window's lowest prices (the
     largest quantities: backtesting.entry_sizing_problem) fails, or every parameter set
@@ -283,7 +284,7 @@ def untradeable_reason(inp: PairInput, sizing: SizingParams, lo: int, hi: int, o
                         + (f", min notional {mn:g}" if mn else ""))
         detail = f"{n:g} USDT per leg; " + "; ".join(legs)
     skipped = sum(out.skips.values())
-    return f"untradeable: {SKIP_TEXT[problem]} ({detail}; {skipped} entries skipped in the train window)"
+    return f"no entry can be sized: {SKIP_TEXT[problem]} ({detail}; {skipped} entries skipped in {where})"
 
 
 def stats_frame(outcomes: list[PairOutcome]) -> pl.DataFrame:

@@ -41,6 +41,12 @@ def test_hand_computed_metrics() -> None:
     assert m["avg_dur"] == pytest.approx(3.0) and m["max_dur"] == pytest.approx(6.0)
     assert m["profit_factor"] == pytest.approx(12.0 / 5.5)
     assert m["stop_losses"] == 1
+    assert m["liquidations"] == 0
+    exits = int((trades["reason"] == 1).sum())
+    liq = trades.with_columns(pl.when(pl.col("reason") == 1).then(4).otherwise(pl.col("reason"))
+                              .cast(trades["reason"].dtype).alias("reason"))
+    m4 = analyze_strategy(liq, START, START + dt.timedelta(days=4), 100.0)
+    assert m4["liquidations"] == exits >= 1 and m4["stop_losses"] == 1
     assert m["trades_per_day"] == pytest.approx(0.75)
     assert m["exposure"] == pytest.approx(9 / 96 * 100)
     rets = [110 / 100 - 1, 104.5 / 110 - 1, 0.0, 106.5 / 104.5 - 1]

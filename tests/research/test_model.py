@@ -266,3 +266,20 @@ def test_model_target_is_checked_by_the_config(tmp_path: Path) -> None:
     assert any("model.target" in line and "pr_best" in line for line in err.value.problems), err.value.problems
     p.write_text("model:\n  target: pr_test\n")
     assert load(p).model.target == "pr_test"
+
+
+def test_prune_never_deletes_the_newest_promoted_model(tmp_path) -> None:
+    """keep_last=1 after a promoted then an unpromoted model: the promoted one (the model the
+    re-selection uses, which `bot train` says it keeps) survives."""
+    import json
+
+    from bot.research.model import prune
+
+    for name, promoted in (("model-20260101T000000000000", True), ("model-20260102T000000000000", False),
+                           ("model-20260103T000000000000", False)):
+        (tmp_path / f"{name}.json").write_text("{}")
+        (tmp_path / f"{name}.meta.json").write_text(json.dumps({"promoted": promoted}))
+    removed = prune(tmp_path, 1)
+    left = sorted(p.name for p in tmp_path.glob("model-*.meta.json"))
+    assert left == ["model-20260101T000000000000.meta.json", "model-20260103T000000000000.meta.json"]
+    assert [p.name for p in removed] == ["model-20260102T000000000000.json", "model-20260102T000000000000.meta.json"]

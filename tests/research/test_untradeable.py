@@ -42,7 +42,7 @@ def cfg():
     })
 
 
-def test_entry_sizing_problem_knows_the_answer() -> None:
+async def test_entry_sizing_problem_knows_the_answer() -> None:
     """100 USDT per leg (50 margin x 2): a 0.001 step at 120 000 needs 120 USDT -> min_qty;
     at 90 000 it needs 90 -> sizable; min_order_size 60 > margin 50 -> min_order_size."""
     btc = SizingParams(100.0, 50.0, 0.0, 2.0, "usdt_neutral", 1.0, 1.0, 0.00055, 0.001, 0.1, 0.001, 0.1)
@@ -76,7 +76,8 @@ async def test_a_pair_that_cannot_be_sized_is_untradeable(db: Database, market, 
     out = {(o.token_1, o.token_2): o for o in rep.outcomes}
     bad, good = out[(a, b)], out[(c, d)]
     assert bad.status == "untradeable" and good.status == "ok"
-    assert "qty below the instrument's minimum" in bad.reason and f"{b} min qty" in bad.reason
+    assert bad.reason.startswith("no entry can be sized: qty below the instrument's minimum")
+    assert f"{b} min qty" in bad.reason and "skipped in the train window" in bad.reason
     assert not any(r["trades"] for r in bad.summaries)
     rows = {(r["coin1"], r["coin2"]): r for r in await repo.read_pair_stats(db.pool, rep.run_id)}
     assert rows[(a, b)]["status"] == "untradeable" and rows[(a, b)]["reason"] == bad.reason
@@ -119,6 +120,7 @@ async def test_bot_backtest_says_untradeable(db: Database, market) -> None:
     res = run_bot("backtest", a, b, "--start", TRAIN.isoformat(), "--end", VALID.isoformat(), "--wind", "24",
                   env={"BOT_DATABASE_DSN": db.dsn})
     assert res.returncode == 0, res.stderr
-    assert f"{a}/{b} untradeable: qty below the instrument's minimum" in res.stderr
+    assert f"{a}/{b} untradeable: no entry can be sized: qty below the instrument's minimum" in res.stderr
+    assert "skipped in the window" in res.stderr
     line = next(x for x in res.stdout.splitlines() if "skipped_entries" in x)
     assert "min_qty" in line

@@ -84,8 +84,9 @@ def cmd_research(args: argparse.Namespace, cfg: BotConfig) -> int:
 
     rep = asyncio.run(run())
     c = rep.counts()
-    print(f"run {rep.run_id}: {len(pairs)} pairs ({c['ok']} ok, {c['untradeable']} untradeable,"
-          f" {c['skipped']} skipped, {c['failed']} failed) "
+    untradeable = f", {c['untradeable']} untradeable" if c.get("untradeable") else ""
+    print(f"run {rep.run_id}: {len(pairs)} pairs ({c['ok']} ok, {c['skipped']} skipped, {c['failed']} failed"
+          f"{untradeable}) "
           f"in {rep.wall_s:.1f} s")
     for line in outcome_summary(rep.outcomes):  # one line per reason, with a count (not one per pair)
         print(f"  {line}")

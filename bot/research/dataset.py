@@ -168,7 +168,7 @@ async def _run_windows(db: Any, pool: Any, cfg: BotConfig, dataset_id: int, pair
             await store_window(pool, dataset_id, k, rep.run_id, frame, wall)
             c = rep.counts()
             line = (f"window {k + 1}/{len(wins)} committed: {ts:%Y-%m-%d} -> {vt:%Y-%m-%d} -> {et:%Y-%m-%d}, "
-                    f"{frame.height} rows ({c['untradeable']} pairs untradeable, {c['skipped']} skipped,"
+                    f"{frame.height} rows ({c.get('untradeable', 0)} pairs untradeable, {c['skipped']} skipped,"
                     f" {c['failed']} failed) in {wall:.1f} s")
             tell(line)
         await repo.finish_run(pool, dataset_id, "ok")

@@ -63,7 +63,7 @@ class SweepReport:
         return stats_frame(self.outcomes)
 
     def counts(self) -> dict[str, int]:
-        out = {"ok": 0, "untradeable": 0, "skipped": 0, "failed": 0}
+        out = {"ok": 0, "skipped": 0, "failed": 0}  # and "untradeable" when there is one
         for o in self.outcomes:
             out[o.status] = out.get(o.status, 0) + 1
         return out

@@ -79,7 +79,6 @@ class BacktestRun:
     skipped_entries: int
     coverage: float
     median_length: int = 1
-    bars_only: bool = False
     skips: dict[str, int] | None = None  # skipped entries per sizing reason
     untradeable: str = ""  # why no entry can be sized (pair_job.untradeable_reason), "" when one can
 
@@ -97,7 +96,6 @@ async def run_backtest_from_db(db: Any, cfg: BotConfig, t1: str, t2: str, start:
     from bot.analysis.zscore import tf_seconds
     from bot.core.db.market import coin_information
     from bot.research.pair_job import (
-        PairOutcome,
         signal_params,
         slice_ticks,
         tick_median_length,
@@ -125,16 +123,13 @@ async def run_backtest_from_db(db: Any, cfg: BotConfig, t1: str, t2: str, start:
     ticks = slice_ticks(zs[p.z_key], lo, hi)
     sizing = window_sizing(inp, strategy, start.timestamp(), p.wind)
     res = run_backtest(ticks, signal_params(p, strategy), sizing, strategy.force_close, token_1=t1, token_2=t2)
-    why = untradeable_reason(inp, sizing, lo, hi, PairOutcome(t1, t2, "ok", skips=dict(res.skips),
-                                                              summaries=[{"trades": res.trades.height}]),
-                             where="the window")
+    why = untradeable_reason(inp, sizing, lo, hi, res.skips, res.trades.height > 0, where="the window")
     metrics = analyze_strategy(res.trades, start, end, strategy.balance)
     coverage = quote_coverage(inp.tick_ts, inp.quote_mask(), start.timestamp(), end.timestamp(), tf_seconds(p.tf))
     zdf = pl.DataFrame({"ts": ticks.ts, "z_score": ticks.z}).with_columns(
         pl.from_epoch((pl.col("ts") * 1e6).round().cast(pl.Int64), time_unit="us").dt.replace_time_zone("UTC")
         .alias("time"))
-    return BacktestRun(zdf, res.trades, metrics, res.skipped_entries, coverage, m, inp.bars_only,
-                       dict(res.skips), why)
+    return BacktestRun(zdf, res.trades, metrics, res.skipped_entries, coverage, m, dict(res.skips), why)
 
 
 async def _what_is_stored(db: Any, t1: str, t2: str, tf: str) -> str:

@@ -35,7 +35,6 @@ STATS_COLUMNS = (
     "trades_best", "coverage", "best_param_id", "pr_test", "pr_rat_test", "loss_test", "max_drdn_test", "dur_test",
     "trades_test", "skipped_test", "liquidations_test",
 )
-REASON_LIQUIDATION = 4  # trades frame `reason` of a liquidated position (docs/strategy.md)
 MIN_TRAIN_BARS_EXTRA = 24  # bars beyond the largest window needed before valid_time
 
 
@@ -243,9 +242,10 @@ def run_pair(
             stats.update(pr_test=tm["pr"], pr_rat_test=tm["pr_rat"], loss_test=tm["loss"],
                          max_drdn_test=tm["max_drdn"], dur_test=tm["avg_dur"], trades_test=tm["trades"],
                          skipped_test=test.skipped_entries,
-                         liquidations_test=int((test.trades["reason"] == REASON_LIQUIDATION).sum()))
+                         liquidations_test=test.liquidations)
     out.stats = stats
-    why = untradeable_reason(inp, sizings[default.wind], lo, mid, out)
+    why = untradeable_reason(inp, sizings[default.wind], lo, mid, out.skips,
+                             any(r["trades"] for r in out.summaries))
     if why:
         out.status, out.reason = "untradeable", why
     out.timings["total_s"] = time.perf_counter() - t_start
@@ -257,18 +257,18 @@ SKIP_TEXT = {"min_order_size": "margin per leg below min_order_size",
              "min_notional": "notional below the instrument's minimum"}
 
 
-def untradeable_reason(inp: PairInput, sizing: SizingParams, lo: int, hi: int, out: PairOutcome,
-                       where: str = "the train window") -> str:
+def untradeable_reason(inp: PairInput, sizing: SizingParams, lo: int, hi: int, skips: dict[str, int],
+                       traded: bool, where: str = "the train window") -> str:
     """Why no entry of the pair can be sized at the configured notional over ticks [lo, hi),
     or "" when one can. Two proofs: the entry tried at the window's lowest prices (the
-    largest quantities: backtesting.entry_sizing_problem) fails, or every parameter set
-    traded nothing while sizing refused entries (out.skips). The reason names the sizing
-    rule and the numbers: margin m = min(order_size, balance / 2), notional N = m * leverage."""
+    largest quantities: backtesting.entry_sizing_problem) fails, or no parameter set traded
+    (`traded` False) while sizing refused entries (`skips`, per reason). The reason names
+    the sizing rule and the numbers: margin m = min(order_size, balance / 2), notional N = m * leverage."""
     low_1 = float(np.nanmin(inp.bid_1[lo:hi])) if hi > lo else math.nan
     low_2 = float(np.nanmin(inp.bid_2[lo:hi])) if hi > lo else math.nan
     problem = entry_sizing_problem(sizing, low_1, low_2)
-    if problem is None and out.summaries and not any(r["trades"] for r in out.summaries) and sum(out.skips.values()):
-        problem = max(out.skips, key=lambda k: out.skips[k])
+    if problem is None and not traded and sum(skips.values()):
+        problem = max(skips, key=lambda k: skips[k])
     if problem is None:
         return ""
     m = min(sizing.order_size, sizing.balance / 2)
@@ -283,7 +283,7 @@ def untradeable_reason(inp: PairInput, sizing: SizingParams, lo: int, hi: int, o
             legs.append(f"{tok} min qty {max(mq or step, step):g} x lowest price {low:.6g} = {least:.6g} USDT"
                         + (f", min notional {mn:g}" if mn else ""))
         detail = f"{n:g} USDT per leg; " + "; ".join(legs)
-    skipped = sum(out.skips.values())
+    skipped = sum(skips.values())
     return f"no entry can be sized: {SKIP_TEXT[problem]} ({detail}; {skipped} entries skipped in {where})"
 
 

@@ -174,6 +174,11 @@ async def _record_through_restart(server: EmbeddedPostgres, dsn: str, buffer_max
     await asyncio.sleep(0.6)
     await asyncio.to_thread(server.stop)  # a real PostgreSQL shutdown while quotes keep coming
     await asyncio.sleep(1.2)
+    # on a loaded machine the writer's first attempt against the stopped server can come late:
+    # wait for it (bounded) instead of trusting the sleep; the assertions below are unchanged
+    deadline = asyncio.get_running_loop().time() + 10.0
+    while rec.stats.write_failures < 1 and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
     down_failures = rec.stats.write_failures
     assert rec.buffered > 0 and down_failures >= 1
     await asyncio.to_thread(server.start)

@@ -208,6 +208,21 @@ class ExchangeConfig(_Section):
     stale_stream_s: float = Field(10.0, gt=0)
 
 
+class ExecutorConfig(_Section):
+    """The live executor (docs/executor.md): leg risk, reconciliation, stale data."""
+
+    leg_timeout_s: float = Field(10.0, gt=0, description="a leg order unanswered this long is cancelled and unwound")
+    incident_cooldown_s: float = Field(3600.0, ge=0, description="no new entry on a pair this long after an incident")
+    reconcile_every_s: float = Field(60.0, gt=0)
+    max_quote_age_s: float = Field(30.0, gt=0, description="an older last quote of either leg blocks entries and exits")
+    stale_exit_s: float = Field(300.0, gt=0, description="an open position without fresh data this long: incident")
+    adopt_orphans: bool = False
+    max_balance: float | None = Field(None, gt=0, description="live: the wallet balance used for sizing is capped "
+                                                              "here (null: strategy.balance)")
+    leg_order: Literal["thinner_first", "as_listed"] = "thinner_first"
+    db_retry_s: float = Field(1.0, gt=0, description="wait between attempts of a ledger write while Postgres is down")
+
+
 class DataConfig(_Section):
     quote_interval_s: float = Field(5.0, gt=0)
     quotes_retention_days: int = Field(200, ge=1)
@@ -236,6 +251,7 @@ class BotConfig(_Section):
     schedule: ScheduleConfig = ScheduleConfig()
     database: DatabaseConfig = DatabaseConfig()
     exchange: ExchangeConfig = ExchangeConfig()
+    executor: ExecutorConfig = ExecutorConfig()
     data: DataConfig = DataConfig()
     compute: ComputeConfig = ComputeConfig()
     paths: PathsConfig = PathsConfig()

@@ -747,6 +747,12 @@ def bar_close_ticks(agg: pl.DataFrame, tokens: Sequence[str], half_spread: float
     )
 
 
+def pair_quote_ticks(quotes: pl.DataFrame, t1: str, t2: str) -> pl.DataFrame:
+    """The pair's quote ticks from long quotes (a read_quotes frame): the two legs inner-aligned
+    on ts, in the notebook's columns (the backtester's ticks; the executor's warm-up)."""
+    return _quote_ticks(quotes, t1, t2)
+
+
 def _quote_ticks(quotes: pl.DataFrame, t1: str, t2: str) -> pl.DataFrame:
     legs = []
     for tok in (t1, t2):

@@ -10,7 +10,7 @@
   1e-9 * price * qtyStep.
 - price: rounded to tickSize, down for buys and up for sells when `protective`
   is False (never worse than asked), or to the nearest tick.
-- orderLinkId: `b-<position>-<leg>-<action>-<hash>`, at most 36 characters, the
+- orderLinkId: `<prefix>-<position>-<leg><action><attempt>-<hash>` (prefix: the installation's), at most 36 characters, the
   same for the same (position, leg, action, attempt), so a retry of the same
   intent can be looked up instead of placed twice.
 """
@@ -88,14 +88,20 @@ def assumed_qty_step(price: float) -> float:
     return float(10.0 ** min(max(exp, -3), 2))
 
 
-def order_link_id(position_id: int | str, leg: int, action: str, attempt: int = 0) -> str:
-    """Deterministic Bybit orderLinkId (<= 36 chars) for (position, leg, action, attempt)."""
+def order_link_id(position_id: int | str, leg: int, action: str, attempt: int = 0, *, prefix: str = "b") -> str:
+    """Deterministic Bybit orderLinkId (<= 36 chars) for (prefix, position, leg, action, attempt).
+
+    `prefix` is the installation's (migration 0007 draws it once per database, so ids do not
+    repeat after a database reset, nor between two installations trading one account); the
+    executor always passes it. The hash covers the prefix too."""
     if leg not in (1, 2):
         raise ValueError(f"leg must be 1 or 2 (got {leg})")
     if action not in ("open", "close", "unwind"):
         raise ValueError(f"action must be open, close or unwind (got {action!r})")
-    digest = hashlib.sha256(f"{position_id}|{leg}|{action}|{attempt}".encode()).hexdigest()[:8]
-    link = f"b-{position_id}-{leg}{action[0]}{attempt}-{digest}"
+    if not prefix or not prefix.isalnum():
+        raise ValueError(f"prefix must be 1+ letters or digits (got {prefix!r})")
+    digest = hashlib.sha256(f"{prefix}|{position_id}|{leg}|{action}|{attempt}".encode()).hexdigest()[:8]
+    link = f"{prefix}-{position_id}-{leg}{action[0]}{attempt}-{digest}"
     if len(link) > MAX_LINK_ID:
-        link = f"b-{hashlib.sha256(link.encode()).hexdigest()[:MAX_LINK_ID - 2]}"
+        link = f"{prefix}-{hashlib.sha256(link.encode()).hexdigest()[:MAX_LINK_ID - len(prefix) - 1]}"
     return link

@@ -159,6 +159,15 @@ class BybitQuoteStream:
     def symbols(self) -> set[str]:
         return set(self._wanted)
 
+    @property
+    def healthy(self) -> bool:
+        """Connected, subscribed and not stale: False while the stream is reconnecting (the
+        executor opens nothing then: quotes missed during a reconnect are not replayed)."""
+        ws = self._ws
+        if ws is None or self._closed or not self._alive(ws):
+            return False
+        return not (self._wanted and time.monotonic() - self._last_message > self.stale_after_s)
+
     async def set_symbols(self, symbols: set[str] | list[str]) -> None:
         new = set(symbols)
         async with self._lock:

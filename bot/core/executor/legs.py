@@ -1,0 +1,189 @@
+"""Orders of a pair trade, each written to Postgres before it leaves the bot
+(docs/executor.md, "Durable order flow" and "Leg risk").
+
+- `Ledger.write(fn, ...)`: a ledger write (bot.core.db.positions / incidents) that waits
+  out a Postgres outage (retry every `executor.db_retry_s`) instead of failing: an order
+  is never sent before the row announcing it is stored, and a fill that came back is
+  never forgotten.
+- `send_leg`: mark the order `sent`, place it with the deterministic orderLinkId, wait
+  at most `executor.leg_timeout_s`; a definitive answer is recorded (filled, partly
+  filled, rejected); no answer (timeout, transport error) is ambiguous: the order is
+  cancelled by orderLinkId and looked up (realtime, then history) before anything else
+  happens, and stays `sent` ("unresolved") when the venue cannot say.
+- `resolve_leg`: the same outcome for an order found `sent` after a restart, by lookup
+  only, never by sending a new id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import asyncpg
+
+from bot.config.model import ExecutorConfig
+from bot.core.db import incidents, positions
+from bot.core.db.positions import OrderRow
+from bot.core.exchange.interface import (
+    FINAL_STATUSES,
+    Exchange,
+    ExchangeError,
+    Fill,
+    OrderRejected,
+    OrderRequest,
+)
+
+log = logging.getLogger("bot.executor")
+
+DB_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
+             ConnectionError, TimeoutError)
+T = TypeVar("T")
+
+
+UNKNOWN = "Unknown"  # the venue knows no order with this orderLinkId (realtime nor history)
+
+
+def _nothing(order: OrderRow, status: str) -> Fill:
+    return Fill(order.order_link_id, order.symbol, order.side, Decimal(0), Decimal(0), Decimal(0),  # type: ignore[arg-type]
+                0.0, status)
+
+
+@dataclass(frozen=True)
+class LegResult:
+    """What became of one order: `fill` (qty may be below the order's: partly filled),
+    `rejected` (the venue refused it: nothing filled), or `unresolved` (the venue could not
+    say: the order stays `sent`, reconciliation settles it)."""
+
+    order: OrderRow
+    fill: Fill | None = None
+    rejected: OrderRejected | None = None
+    unresolved: str | None = None
+
+    @property
+    def filled_qty(self) -> Decimal:
+        return self.fill.qty if self.fill is not None else Decimal(0)
+
+    @property
+    def complete(self) -> bool:
+        return self.fill is not None and self.fill.qty == self.order.qty
+
+
+class Ledger:
+    """The executor's IO: the pool, the exchange, the installation's orderLinkId prefix."""
+
+    def __init__(self, pool: asyncpg.Pool, exchange: Exchange, prefix: str, mode: str, cfg: ExecutorConfig):
+        self.pool = pool
+        self.exchange = exchange
+        self.prefix = prefix
+        self.mode = mode
+        self.cfg = cfg
+        self.db_ok = True
+        self.db_failures = 0
+
+    async def write(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """Run `fn(conn, *args)` on a pooled connection, retrying while Postgres is unreachable."""
+        while True:
+            try:
+                async with self.pool.acquire() as conn:
+                    out = await fn(conn, *args, **kwargs)
+                if not self.db_ok:
+                    log.warning("event=db_back ledger writes resume")
+                self.db_ok = True
+                return out
+            except DB_ERRORS as e:
+                self.db_failures += 1
+                if self.db_ok:
+                    log.error("event=db_down ledger write %s failed (%s: %s); retrying every %.1f s",
+                              getattr(fn, "__name__", fn), type(e).__name__, e, self.cfg.db_retry_s)
+                self.db_ok = False
+                await asyncio.sleep(self.cfg.db_retry_s)
+
+    async def incident(self, kind: str, message: str, *, pair: tuple[str, str] | None = None,
+                       position_id: int | None = None, order_link_id: str | None = None,
+                       details: dict[str, Any] | None = None) -> int:
+        """An incident row and one ERROR line (the pair, position id and orderLinkId in it)."""
+        t1, t2 = pair if pair is not None else (None, None)
+        log.error("event=incident kind=%s pair=%s position=%s link=%s %s", kind,
+                  f"{t1}/{t2}" if pair else "-", position_id if position_id is not None else "-",
+                  order_link_id or "-", message)
+        return await self.write(incidents.record, kind, message, token_1=f"{t1}_USDT" if t1 else None,
+                                token_2=f"{t2}_USDT" if t2 else None, position_id=position_id,
+                                order_link_id=order_link_id, details=details)
+
+    # ------------------------------------------------------------ one order
+
+    async def send_leg(self, order: OrderRow, position_status: tuple[int, str] | None = None) -> LegResult:
+        """Write `sent` (and the position's status, e.g. orders_sent, in the same
+        transaction), then place the order and record what the venue says."""
+        await self.write(positions.mark_sent, order.order_link_id, position_status)
+        req = OrderRequest(order.symbol, order.side, order.qty, order.order_link_id, order.reduce_only)  # type: ignore[arg-type]
+        log.info("event=order_sent position=%d link=%s symbol=%s side=%s qty=%s reduce_only=%s", order.position_id,
+                 order.order_link_id, order.symbol, order.side, order.qty, order.reduce_only)
+        try:
+            fill = await asyncio.wait_for(self.exchange.place_market_order(req), self.cfg.leg_timeout_s)
+        except OrderRejected as e:
+            await self.write(positions.record_order_failure, order.order_link_id, "rejected", e.code, e.message)
+            log.warning("event=order_rejected position=%d link=%s code=%s %s", order.position_id,
+                        order.order_link_id, e.code, e.message)
+            return LegResult(order, rejected=e)
+        except (TimeoutError, ExchangeError) as e:
+            why = "no answer within leg_timeout_s" if isinstance(e, TimeoutError) else f"{type(e).__name__}: {e}"
+            log.warning("event=order_unanswered position=%d link=%s %s; cancelling and looking it up",
+                        order.position_id, order.order_link_id, why)
+            return await self.resolve_leg(order, cancel=True, why=why)
+        return await self._filled(order, fill)
+
+    async def _filled(self, order: OrderRow, fill: Fill) -> LegResult:
+        if fill.qty <= 0:
+            await self.write(positions.record_order_failure, order.order_link_id, "cancelled", None,
+                             f"ended {fill.status} with nothing filled")
+            return LegResult(order, fill=fill)
+        await self.write(positions.record_fill, fill)
+        log.info("event=order_filled position=%d link=%s symbol=%s qty=%s price=%s fee=%s status=%s",
+                 order.position_id, order.order_link_id, fill.symbol, fill.qty, fill.avg_price, fill.fee, fill.status)
+        return LegResult(order, fill=fill)
+
+    async def resolve_leg(self, order: OrderRow, *, cancel: bool, why: str = "") -> LegResult:
+        """The outcome of an order that may have reached the venue, by orderLinkId (with its
+        symbol): a resting one is cancelled first; unknown to the venue = nothing filled."""
+        if order.status == "filled" and order.fill() is not None:
+            return LegResult(order, fill=order.fill())
+        if order.status in ("rejected", "cancelled"):
+            return LegResult(order, fill=_nothing(order, "Cancelled"))
+        if order.status == "planned":  # never left the bot
+            await self.write(positions.record_order_failure, order.order_link_id, "cancelled", None, "never sent")
+            return LegResult(order, fill=_nothing(order, "NotSent"))
+        ex = self.exchange
+        try:
+            state = await ex.order_status(order.symbol, order.order_link_id)
+            if state is not None and state.status not in FINAL_STATUSES and cancel:
+                await ex.cancel_order(order.symbol, order.order_link_id)
+                state = await ex.order_status(order.symbol, order.order_link_id)
+        except ExchangeError as e:
+            return LegResult(order, unresolved=f"{why}; lookup failed: {type(e).__name__}: {e}")
+        if state is None:
+            await self.write(positions.record_order_failure, order.order_link_id, "cancelled", None,
+                             f"unknown to the venue ({why or 'after restart'})")
+            return LegResult(order, fill=_nothing(order, UNKNOWN))
+        if state.status not in FINAL_STATUSES:
+            return LegResult(order, unresolved=f"{why}; still {state.status} at the venue")
+        return await self._filled(order, state)
+
+    async def ensure_leg(self, order: OrderRow) -> LegResult:
+        """Drive a reduceOnly order (close, unwind) to an outcome: a planned one is sent;
+        a sent one is looked up and, when the venue does not know it, sent again with the
+        SAME orderLinkId (a late first copy then fails as a duplicate)."""
+        if order.status == "planned":
+            return await self.send_leg(order)
+        if order.status == "sent":
+            res = await self.resolve_leg(order, cancel=True, why="resumed")
+            if res.fill is not None and res.fill.status == UNKNOWN:
+                # the venue never saw it: send it again under its own id
+                order.status = "planned"
+                return await self.send_leg(order)
+            return res
+        return await self.resolve_leg(order, cancel=False)

@@ -124,7 +124,7 @@ async def test_rejected_order_is_typed_and_nothing_is_filled(fake: FakeBybit, co
     with pytest.raises(OrderRejected) as err:
         await ex.place_market_order(OrderRequest("ETHUSDT", "Sell", D("0.10"), link))
     assert (err.value.code, err.value.message, err.value.order_link_id) == (code, msg, link)
-    assert fake.orders_created == 0 and await ex.positions() == {} and await ex.order_status(link) is None
+    assert fake.orders_created == 0 and await ex.positions() == {} and await ex.order_status("ETHUSDT", link) is None
     assert fake.requests["/v5/order/create"] == 1  # a rejection is not retried
 
 
@@ -161,11 +161,42 @@ async def test_rate_limit_waits_for_the_reset_then_succeeds(fake: FakeBybit) -> 
 
 
 @pytest.mark.asyncio(loop_scope="session")
-async def test_http_403_backs_off_then_succeeds(fake: FakeBybit) -> None:
-    ex = adapter(fake, retry=RetryPolicy(attempts=3, backoff_s=0.01, max_backoff_s=0.05))
+async def test_http_403_waits_the_full_ip_ban_not_max_backoff(fake: FakeBybit) -> None:
+    """A 403 is Bybit's IP ban (minutes): the retry waits ip_ban_s in full, though it is
+    above max_backoff_s (which caps every other wait)."""
+    ex = adapter(fake, retry=RetryPolicy(attempts=3, backoff_s=0.01, max_backoff_s=0.1, ip_ban_s=0.6))
     fake.http_status_next(403)
+    t0 = time.monotonic()
     assert await ex.wallet_balance() == D("10000")
+    assert time.monotonic() - t0 >= 0.6
     assert ex.retries == 1 and fake.requests["/v5/account/wallet-balance"] == 2
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_http_403_waits_its_retry_after(fake: FakeBybit) -> None:
+    """With a Retry-After header the ban lasts that long (here shorter than ip_ban_s, longer
+    than max_backoff_s); an order create behind a 403 waits it too, then is looked up and
+    placed once."""
+    ex = adapter(fake, retry=RetryPolicy(attempts=3, backoff_s=0.01, max_backoff_s=0.1, ip_ban_s=60.0))
+    await ex.instruments()
+    fake.http_status_next(403, retry_after=0.7)
+    t0 = time.monotonic()
+    fill = await ex.place_market_order(OrderRequest("SOLUSDT", "Buy", D("1.0"), order_link_id(13, 1, "open")))
+    waited = time.monotonic() - t0
+    assert 0.7 <= waited < 10.0 and fill.qty == D("1.0")
+    assert fake.orders_created == 1 and fake.requests["/v5/order/create"] == 2  # the 403 one placed nothing
+
+
+def test_retry_policy_waits() -> None:
+    from bot.core.exchange.bybit import retry_after_s
+
+    pol = RetryPolicy(backoff_s=0.25, max_backoff_s=30.0, ip_ban_s=90.0)
+    assert pol.wait(0, None) == 0.25 and pol.wait(10, None) == 30.0 and pol.wait(0, 45.0) == 30.0  # capped
+    assert pol.wait(0, None, ip_ban=True) == 90.0 and pol.wait(3, 300.0, ip_ban=True) == 300.0  # never capped
+    assert RetryPolicy().ip_ban_s == 60.0
+    assert retry_after_s({"Retry-After": "120"}) == 120.0 and retry_after_s({}) is None
+    assert retry_after_s(None) is None and retry_after_s({"Retry-After": "soon"}) is None
+    assert retry_after_s({"Retry-After": "Wed, 21 Oct 2015 07:28:30 GMT"}, now=lambda: 1445412450.0) == 60.0  # an HTTP date
 
 
 @pytest.mark.asyncio(loop_scope="session")

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from bot.analysis.fills import qty_decimal
 from bot.core.exchange.interface import (
+    FINAL_STATUSES,
     Instrument,
     OrderRejected,
     OrderRequest,
@@ -112,7 +113,9 @@ async def test_paper_fills_at_top_of_book_with_fees_and_is_idempotent() -> None:
     assert f1.avg_price == D("0.007628") and f1.fee == D("13083") * D("0.007628") * D("0.001")
     again = await ex.place_market_order(OrderRequest("JASMYUSDT", "Buy", D("13083"), "b-1-1o0-x"))
     assert again == f1 and (await ex.positions())["JASMYUSDT"] == D("13083")  # not filled twice
-    assert await ex.order_status("b-1-1o0-x") == f1
+    assert await ex.order_status("JASMYUSDT", "b-1-1o0-x") == f1
+    assert await ex.order_status("VETUSDT", "b-1-1o0-x") is None  # the symbol is part of the lookup
+    assert f1.status == "Filled" and f1.status in FINAL_STATUSES
     f2 = await ex.place_market_order(OrderRequest("VETUSDT", "Sell", D("7078"), "b-1-2o0-x"))
     assert f2.avg_price == D("0.01410")
     ex.on_quote(Quote("JASMYUSDT", 2.0, D("0.007274"), D("0.007280"), D("1e6"), D("1e6")))
@@ -137,7 +140,7 @@ async def test_paper_rejections_are_typed_and_fill_nothing(req: OrderRequest, co
     with pytest.raises(OrderRejected) as err:
         await ex.place_market_order(req)
     assert err.value.code == code and err.value.order_link_id == req.order_link_id
-    assert await ex.positions() == {} and await ex.order_status(req.order_link_id) is None
+    assert await ex.positions() == {} and await ex.order_status(req.symbol, req.order_link_id) is None
     assert await ex.wallet_balance() == D("100")
 
 

@@ -2,10 +2,30 @@
 
 REST (http://127.0.0.1:PORT): market/instruments-info (cursor pagination),
 market/tickers, market/kline, market/time, order/create, order/cancel,
-order/realtime, position/list, position/set-leverage, account/wallet-balance.
-Private endpoints check Bybit's HMAC signature (timestamp + key + recvWindow +
-payload, hex SHA-256) and the recv window, answering 10003 / 10004 / 10002 like
-the venue. Websockets: /v5/public/linear (`orderbook.1.{SYMBOL}`: a snapshot, then
+order/realtime, order/history, position/list, position/set-leverage,
+account/wallet-balance. Private endpoints check Bybit's HMAC signature (timestamp +
+key + recvWindow + payload, hex SHA-256) and the recv window, answering 10003 /
+10004 / 10002 like the venue.
+
+Orders follow Bybit's v5 docs (order/open-order, order/order-list, order/cancel-order)
+as strictly as they are written; a request outside them answers retCode 10001:
+
+- order/create: category linear; a Market order fills at once at the top of the book
+  (IOC), unless a fault below holds it open or fills part of it.
+- order/realtime: category linear and one of symbol, baseCoin or settleCoin
+  (required for linear); limit 1-50 (default 20), cursor pagination, newest first.
+  By orderId or orderLinkId (openOnly ignored): the order when it is open or among the
+  500 most recently closed (`realtime_closed_kept`); else openOnly=0 (default) the open
+  orders, openOnly=1 those closed ones. `forget_closed_orders()` is Bybit's server
+  restart: realtime then knows no order closed before it (history still does).
+- order/history: category linear; symbol, baseCoin, settleCoin, orderId, orderLinkId,
+  orderStatus filter (all given filters apply); startTime and endTime must be passed
+  together, at most 7 days apart, the last 7 days when absent; limit 1-50, cursor.
+  It answers final orders (Filled, PartiallyFilledCanceled, Cancelled, Rejected ...).
+- order/cancel: category linear, symbol (required) and orderId or orderLinkId. An open
+  order on that symbol is cancelled (Cancelled, or PartiallyFilledCanceled when partly
+  filled) and the answer is retCode 0 with orderId/orderLinkId; an unknown order, one on
+  another symbol or one already final answers 110001. Websockets: /v5/public/linear (`orderbook.1.{SYMBOL}`: a snapshot, then
 deltas, `{"op": "ping"}` answered) and /v5/private (auth, `order`, `position`).
 Message layouts follow the real v5 fixtures in ../shared/data/bybit_api (an
 instrument is the BTCUSDT entry of the fixture with its numbers replaced).
@@ -13,8 +33,13 @@ instrument is the BTCUSDT entry of the fixture with its numbers replaced).
 Faults, set from the test thread: `reject_next_order(code, msg)`,
 `rate_limit_next(n)` (retCode 10006 with X-Bapi-Limit-* headers), `delay_create(s)`
 (the order is placed, the answer comes late: a client timeout), `delay_all(s)`,
-`http_status_next(403)` (the IP limit's bare HTTP answer),
-`drop_websockets()` (abort every public connection), `pause_feed()`.
+`http_status_next(403, retry_after=None)` (the IP limit's bare HTTP answer, with a
+Retry-After header when given), `hold_next_orders(n)` (the next n orders are accepted
+and rest unfilled, status New, leavesQty = qty, until cancelled or `fill_held(link)`),
+`partial_next_order(fraction)` (the next order fills floor(qty * fraction / qtyStep)
+qtySteps and the rest is cancelled: PartiallyFilledCanceled, or Cancelled when nothing
+filled), `forget_closed_orders()`, `drop_websockets()` (abort every public connection),
+`pause_feed()`.
 
 The server runs on its own thread and event loop so the code under test (pybit is
 synchronous; the bot's asyncio loop is the test's) talks to it over real sockets.
@@ -35,7 +60,7 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import ROUND_FLOOR, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +72,9 @@ _INSTRUMENT_FIXTURE = FIXTURES / "nautilus_legacy_integration_resources" / "http
 _ORDER_FIXTURE = FIXTURES / "nautilus_crates_test_data" / "ws_account_order.json"
 _POSITION_FIXTURE = FIXTURES / "nautilus_crates_test_data" / "http_get_positions.json"
 
+FINAL = frozenset({"Filled", "Cancelled", "Rejected", "PartiallyFilledCanceled", "Deactivated"})
+REALTIME_CLOSED_KEPT = 500  # closed orders /v5/order/realtime still answers
+HISTORY_WINDOW_MS = 7 * 86_400_000
 _TF_MS = {"1": 60_000, "3": 180_000, "5": 300_000, "15": 900_000, "30": 1_800_000, "60": 3_600_000,
           "120": 7_200_000, "240": 14_400_000, "D": 86_400_000}
 
@@ -101,8 +129,9 @@ class FakeBybit:
 
     def __init__(self, markets: list[Market] | None = None, api_key: str = "test-key",
                  api_secret: str = "test-secret", feed_rate: float = 10.0, page_limit_max: int = 1000,
-                 seed: int = 7, port: int = 0):
+                 seed: int = 7, port: int = 0, realtime_closed_kept: int = REALTIME_CLOSED_KEPT):
         self.keys = {api_key: api_secret}
+        self.realtime_closed_kept = realtime_closed_kept  # Bybit keeps 500; smaller in tests
         self.feed_rate = feed_rate
         self.page_limit_max = page_limit_max
         self.state = FakeState()
@@ -116,7 +145,12 @@ class FakeBybit:
         self.messages_sent = 0
         self._rejections: list[tuple[int, str]] = []
         self._rate_limited = 0
-        self._http_status: list[int] = []
+        self._http_status: list[tuple[int, float | None]] = []
+        self._held = 0
+        self._partial: list[Decimal] = []
+        self._seq = 0  # creation order of orders (createdTime in ms ties)
+        self._closed: list[str] = []  # orderLinkIds in the order they became final
+        self._realtime_floor = 0  # index in _closed from which realtime knows closed orders
         self._create_delay = 0.0
         self._create_delay_count = 0
         self._delay_all = 0.0
@@ -196,6 +230,7 @@ class FakeBybit:
         app.router.add_post("/v5/order/create", self._order_create)
         app.router.add_post("/v5/order/cancel", self._order_cancel)
         app.router.add_get("/v5/order/realtime", self._order_realtime)
+        app.router.add_get("/v5/order/history", self._order_history)
         app.router.add_get("/v5/position/list", self._position_list)
         app.router.add_post("/v5/position/set-leverage", self._set_leverage)
         app.router.add_get("/v5/account/wallet-balance", self._wallet)
@@ -207,7 +242,7 @@ class FakeBybit:
         await site.start()
         server = site._server
         assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined,union-attr]
         self._feed_task = asyncio.get_running_loop().create_task(self._feed())
 
     async def _shutdown(self) -> None:
@@ -227,10 +262,61 @@ class FakeBybit:
         with self.lock:
             self._rate_limited += n
 
-    def http_status_next(self, status: int, n: int = 1) -> None:
-        """The next n requests get this HTTP status (403: Bybit's IP rate limit) and no JSON."""
+    def http_status_next(self, status: int, n: int = 1, retry_after: float | None = None) -> None:
+        """The next n requests get this HTTP status (403: Bybit's IP rate limit) and no JSON;
+        with a Retry-After header of `retry_after` seconds when given."""
         with self.lock:
-            self._http_status.extend([status] * n)
+            self._http_status.extend([(status, retry_after)] * n)
+
+    def hold_next_orders(self, n: int = 1) -> None:
+        """The next n created orders are accepted but rest unfilled (status New, leavesQty =
+        qty) until cancelled (order/cancel) or filled by `fill_held`."""
+        with self.lock:
+            self._held += n
+
+    def partial_next_order(self, fraction: float) -> None:
+        """The next created order (not held) fills floor(qty * fraction / qtyStep) * qtyStep
+        and the rest is cancelled at once, as IOC / price protection does: status
+        PartiallyFilledCanceled (Cancelled, nothing filled, when that is 0)."""
+        f = Decimal(str(fraction))
+        if not 0 <= f < 1:
+            raise ValueError(f"fraction must be in [0, 1) (got {fraction})")
+        with self.lock:
+            self._partial.append(f)
+
+    def fill_held(self, link: str) -> dict[str, Any]:
+        """Fill the rest of a held (open) order at the current top of book; returns its row."""
+        with self.lock:
+            order = self.state.orders.get(link)
+            if order is None or order["orderStatus"] in FINAL:
+                raise ValueError(f"fill_held: {link} is not an open order")
+            m = self.state.markets[order["symbol"]]
+            rest = Decimal(order["leavesQty"])
+            price = m.ask if order["side"] == "Buy" else m.bid
+            fee = self._execute(m, order["side"], rest, price)
+            done = Decimal(order["cumExecQty"])
+            value = Decimal(order["cumExecValue"]) + rest * price
+            qty = done + rest
+            order.update({"orderStatus": "Filled", "leavesQty": "0", "leavesValue": "0", "cumExecQty": str(qty),
+                          "cumExecValue": str(value), "avgPrice": str((value / qty).quantize(Decimal(m.tick_size))),
+                          "cumExecFee": str(Decimal(order["cumExecFee"]) + fee),
+                          "updatedTime": str(int(time.time() * 1000))})
+            self._close(link)
+            snapshot, position = self._public_row(order), self._position_entry(m.symbol)
+        self._push_threadsafe("order", [snapshot])
+        self._push_threadsafe("position", [position])
+        return snapshot
+
+    def _push_threadsafe(self, topic: str, data: list[dict[str, Any]]) -> None:
+        """Push to the private topic from the test's thread (the server runs on its own loop)."""
+        if self._loop is not None:
+            asyncio.run_coroutine_threadsafe(self._push_private(topic, data), self._loop).result(10)
+
+    def forget_closed_orders(self) -> None:
+        """Bybit's server restart: /v5/order/realtime no longer knows the orders closed so far
+        (open ones it still answers); /v5/order/history still has them all."""
+        with self.lock:
+            self._realtime_floor = len(self._closed)
 
     def delay_create(self, seconds: float, count: int = 1) -> None:
         with self.lock:
@@ -279,12 +365,13 @@ class FakeBybit:
             await asyncio.sleep(self._delay_all)
         payload = request.query_string if request.method == "GET" else await request.text()
         with self.lock:
-            status = self._http_status.pop(0) if self._http_status else None
+            status, retry_after = self._http_status.pop(0) if self._http_status else (None, None)
             limited = self._rate_limited > 0
             if limited and status is None:
                 self._rate_limited -= 1
         if status is not None:
-            return web.Response(status=status, text="Forbidden"), payload
+            headers = {"Retry-After": f"{retry_after:g}"} if retry_after is not None else None
+            return web.Response(status=status, text="Forbidden", headers=headers), payload
         if limited:
             now = int(time.time() * 1000)
             return self._err(10006, "Too many visits!", {
@@ -388,6 +475,77 @@ class FakeBybit:
                     "markPrice": str((m.bid + m.ask) / 2)})
         return out
 
+    def _execute(self, m: Market, side: str, qty: Decimal, price: Decimal) -> Decimal:
+        """Book a fill of `qty` at `price` into the one-way position and the balance (under
+        the lock); returns its taker fee."""
+        signed = qty if side == "Buy" else -qty
+        pos = self.state.positions.get(m.symbol, Decimal(0))
+        fee = qty * price * self.state.fee_rate
+        # one-way position: realise the pnl of the closed part at the average entry
+        if pos != 0 and (pos > 0) != (signed > 0):
+            closed = min(abs(signed), abs(pos))
+            avg = self.state.entry_value[m.symbol] / pos
+            pnl = closed * (price - avg) * (1 if pos > 0 else -1)
+            self.state.balance += pnl
+            self.state.entry_value[m.symbol] -= avg * closed * (1 if pos > 0 else -1)
+            rest = abs(signed) - closed
+            if rest:
+                self.state.entry_value[m.symbol] = price * rest * (1 if signed > 0 else -1)
+        else:
+            self.state.entry_value[m.symbol] = self.state.entry_value.get(m.symbol, Decimal(0)) + price * signed
+        self.state.positions[m.symbol] = pos + signed
+        self.state.balance -= fee
+        return fee
+
+    def _close(self, link: str) -> None:
+        """Under the lock: the order just became final."""
+        self._closed.append(link)
+
+    def _realtime_visible(self, order: dict[str, Any], kept: set[str]) -> bool:
+        return order["orderStatus"] not in FINAL or order["orderLinkId"] in kept
+
+    def _realtime_kept(self) -> set[str]:
+        """Under the lock: the closed orders realtime still answers (the last 500, or
+        `realtime_closed_kept`; none closed before the last `forget_closed_orders`)."""
+        start = max(self._realtime_floor, len(self._closed) - self.realtime_closed_kept)
+        return set(self._closed[start:])
+
+    def _newest_first(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return sorted(rows, key=lambda o: (int(o["createdTime"]), o["_seq"]), reverse=True)
+
+    @staticmethod
+    def _public_row(order: dict[str, Any]) -> dict[str, Any]:
+        return {k: copy.deepcopy(v) for k, v in order.items() if not k.startswith("_")}
+
+    def _linear_only(self, params: Any) -> web.Response | None:
+        category = params.get("category")
+        if not category:
+            return self._err(10001, "params error: category is required")
+        if category != "linear":
+            return self._err(10001, f"params error: category {category} is not served by the fake (linear only)")
+        return None
+
+    def _page(self, q: Any, rows: list[dict[str, Any]], category: str = "linear") -> web.Response:
+        """One page of `rows` (newest first) by Bybit's limit [1, 50] (default 20) and cursor."""
+        try:
+            limit = int(q.get("limit") or 20)
+            start = int(q.get("cursor") or 0)
+        except ValueError:
+            return self._err(10001, "params error: limit or cursor invalid")
+        if not 1 <= limit <= 50 or start < 0:
+            return self._err(10001, "params error: limit must be in [1, 50]")
+        page = [self._public_row(o) for o in rows[start:start + limit]]
+        nxt = str(start + limit) if start + limit < len(rows) else ""
+        return self._ok({"category": category, "list": page, "nextPageCursor": nxt})
+
+    def _matches(self, o: dict[str, Any], q: Any) -> bool:
+        """Every filter given applies (symbol, baseCoin, settleCoin, orderId, orderLinkId)."""
+        return ((not q.get("symbol") or o["symbol"] == q["symbol"])
+                and (not q.get("baseCoin") or o["symbol"][:-4] == q["baseCoin"])
+                and (not q.get("settleCoin") or o["symbol"].endswith(q["settleCoin"]))
+                and (not q.get("orderId") or o["orderId"] == q["orderId"])
+                and (not q.get("orderLinkId") or o["orderLinkId"] == q["orderLinkId"]))
+
     async def _order_create(self, request: web.Request) -> web.Response:
         err, payload = await self._common(request, private=True)
         if err:
@@ -398,6 +556,9 @@ class FakeBybit:
             if self._rejections:
                 code, msg = self._rejections.pop(0)
                 return self._err(code, msg)
+            bad = self._linear_only(body)
+            if bad is not None:
+                return bad
             if link in self.state.orders:
                 return self._err(110072, "OrderLinkedID is duplicate")
             m = self.state.markets.get(body.get("symbol", ""))
@@ -421,37 +582,38 @@ class FakeBybit:
             margin = qty * price / Decimal(self.state.leverage[m.symbol])
             if not body.get("reduceOnly") and margin > self.state.balance:
                 return self._err(110007, "ab not enough for new order")
-            fee = qty * price * self.state.fee_rate
-            # one-way position: realise the pnl of the closed part at the average entry
-            if pos != 0 and (pos > 0) != (signed > 0):
-                closed = min(abs(signed), abs(pos))
-                avg = self.state.entry_value[m.symbol] / pos
-                pnl = closed * (price - avg) * (1 if pos > 0 else -1)
-                self.state.balance += pnl
-                self.state.entry_value[m.symbol] -= avg * closed * (1 if pos > 0 else -1)
-                rest = abs(signed) - closed
-                if rest:
-                    self.state.entry_value[m.symbol] = price * rest * (1 if signed > 0 else -1)
-            else:
-                self.state.entry_value[m.symbol] = self.state.entry_value.get(m.symbol, Decimal(0)) + price * signed
-            self.state.positions[m.symbol] = pos + signed
-            self.state.balance -= fee
+            held = self._held > 0
+            if held:
+                self._held -= 1
+            fraction = self._partial.pop(0) if self._partial and not held else None
             now = str(int(time.time() * 1000))
+            self._seq += 1
             order = copy.deepcopy(self._order_template)
             order.update({"category": "linear", "symbol": m.symbol, "orderId": uuid.uuid4().hex, "side": side,
                           "orderType": "Market", "price": str(price), "qty": str(qty), "timeInForce": "IOC",
-                          "orderStatus": "Filled", "orderLinkId": link, "reduceOnly": bool(body.get("reduceOnly")),
-                          "leavesQty": "0", "leavesValue": "0", "cumExecQty": str(qty),
-                          "cumExecValue": str(qty * price), "avgPrice": str(price), "cumExecFee": str(fee),
-                          "createdTime": now, "updatedTime": now, "cancelType": "UNKNOWN", "stopOrderType": "",
-                          "triggerPrice": "", "positionIdx": 0})
+                          "orderLinkId": link, "reduceOnly": bool(body.get("reduceOnly")),
+                          "createdTime": now, "updatedTime": now, "cancelType": "UNKNOWN", "rejectReason": "EC_NoError",
+                          "stopOrderType": "", "triggerPrice": "", "positionIdx": 0, "_seq": self._seq})
+            if held:
+                order.update({"orderStatus": "New", "leavesQty": str(qty), "leavesValue": str(qty * price),
+                              "cumExecQty": "0", "cumExecValue": "0", "avgPrice": "", "cumExecFee": "0"})
+            else:
+                filled = qty if fraction is None else (qty * fraction / step).to_integral_value(ROUND_FLOOR) * step
+                fee = self._execute(m, side, filled, price) if filled else Decimal(0)
+                status = "Filled" if filled == qty else "PartiallyFilledCanceled" if filled else "Cancelled"
+                order.update({"orderStatus": status, "leavesQty": "0", "leavesValue": "0", "cumExecQty": str(filled),
+                              "cumExecValue": str(filled * price), "avgPrice": str(price) if filled else "",
+                              "cumExecFee": str(fee),
+                              "rejectReason": "EC_NoError" if filled == qty else "EC_CancelForNoFullFill"})
             self.state.orders[link] = order
+            if order["orderStatus"] in FINAL:
+                self._close(link)
             self.orders_created += 1
             delay = 0.0
             if self._create_delay_count > 0:
                 delay, self._create_delay_count = self._create_delay, self._create_delay_count - 1
-            position = self._position_entry(m.symbol)
-        await self._push_private("order", [order])
+            snapshot, position = self._public_row(order), self._position_entry(m.symbol)
+        await self._push_private("order", [snapshot])
         await self._push_private("position", [position])
         if delay:
             await asyncio.sleep(delay)
@@ -461,18 +623,84 @@ class FakeBybit:
         err, payload = await self._common(request, private=True)
         if err:
             return err
-        return self._err(110001, "order not exists or too late to cancel")
+        body = json.loads(payload or "{}")
+        bad = self._linear_only(body)
+        if bad is not None:
+            return bad
+        symbol = body.get("symbol")
+        if not symbol:
+            return self._err(10001, "params error: symbol is required")
+        if symbol not in self.state.markets:
+            return self._err(10001, "params error: symbol invalid")
+        order_id, link = body.get("orderId"), body.get("orderLinkId")
+        if not order_id and not link:
+            return self._err(10001, "params error: orderId or orderLinkId is required")
+        with self.lock:
+            if order_id:  # orderId first when both are given, as Bybit does
+                order = next((o for o in self.state.orders.values() if o["orderId"] == order_id), None)
+            else:
+                order = self.state.orders.get(link)
+            if order is None or order["symbol"] != symbol or order["orderStatus"] in FINAL:
+                return self._err(110001, "order not exists or too late to cancel")
+            filled = Decimal(order["cumExecQty"])
+            order.update({"orderStatus": "PartiallyFilledCanceled" if filled else "Cancelled", "leavesQty": "0",
+                          "leavesValue": "0", "cancelType": "CancelByUser",
+                          "updatedTime": str(int(time.time() * 1000))})
+            self._close(order["orderLinkId"])
+            snapshot = self._public_row(order)
+        await self._push_private("order", [snapshot])
+        return self._ok({"orderId": snapshot["orderId"], "orderLinkId": snapshot["orderLinkId"]})
 
     async def _order_realtime(self, request: web.Request) -> web.Response:
         err, _ = await self._common(request, private=True)
         if err:
             return err
         q = request.query
+        bad = self._linear_only(q)
+        if bad is not None:
+            return bad
+        if not (q.get("symbol") or q.get("baseCoin") or q.get("settleCoin")):
+            return self._err(10001, "params error: symbol, baseCoin or settleCoin is required for linear")
+        if q.get("symbol") and q["symbol"] not in self.state.markets:
+            return self._err(10001, "params error: symbol invalid")
+        open_only = q.get("openOnly") or "0"
+        if open_only not in ("0", "1"):
+            return self._err(10001, "params error: openOnly invalid")
+        with self.lock:
+            kept = self._realtime_kept()
+            if q.get("orderId") or q.get("orderLinkId"):  # openOnly is ignored for a query by id
+                rows = [o for o in self.state.orders.values() if self._realtime_visible(o, kept)]
+            elif open_only == "0":
+                rows = [o for o in self.state.orders.values() if o["orderStatus"] not in FINAL]
+            else:
+                rows = [o for o in self.state.orders.values() if o["orderLinkId"] in kept]
+            return self._page(q, self._newest_first([o for o in rows if self._matches(o, q)]))
+
+    async def _order_history(self, request: web.Request) -> web.Response:
+        err, _ = await self._common(request, private=True)
+        if err:
+            return err
+        q = request.query
+        bad = self._linear_only(q)
+        if bad is not None:
+            return bad
+        if q.get("symbol") and q["symbol"] not in self.state.markets:
+            return self._err(10001, "params error: symbol invalid")
+        if bool(q.get("startTime")) != bool(q.get("endTime")):
+            return self._err(10001, "params error: startTime and endTime must be passed together")
+        now = int(time.time() * 1000)
+        try:
+            start, end = (int(q["startTime"]), int(q["endTime"])) if q.get("startTime") else (
+                now - HISTORY_WINDOW_MS, now)
+        except ValueError:
+            return self._err(10001, "params error: startTime or endTime invalid")
+        if end < start or end - start > HISTORY_WINDOW_MS:
+            return self._err(10001, "params error: the query window is at most 7 days")
         with self.lock:
             rows = [o for o in self.state.orders.values()
-                    if (not q.get("orderLinkId") or o["orderLinkId"] == q["orderLinkId"])
-                    and (not q.get("symbol") or o["symbol"] == q["symbol"])]
-        return self._ok({"category": "linear", "list": rows, "nextPageCursor": ""})
+                    if o["orderStatus"] in FINAL and start <= int(o["createdTime"]) <= end
+                    and (not q.get("orderStatus") or o["orderStatus"] == q["orderStatus"]) and self._matches(o, q)]
+            return self._page(q, self._newest_first(rows))
 
     async def _position_list(self, request: web.Request) -> web.Response:
         err, _ = await self._common(request, private=True)

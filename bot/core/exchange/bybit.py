@@ -8,8 +8,10 @@ this module retries instead, with exponential backoff, on:
 - retCodes that a retry can fix (RETRYABLE_CODES: pybit's default set plus 10016
   "server error"); for 10006 (per-UID rate limit) it waits until the
   X-Bapi-Limit-Reset-Timestamp the venue names;
-- network errors, timeouts and non-200 HTTP answers (a 403 is the IP limit: the
-  backoff doubles up to `max_backoff_s`).
+- network errors, timeouts and non-200 HTTP answers. A 403 is Bybit's IP ban (600
+  requests per 5 s exceeded; it lasts minutes): the next attempt waits the answer's
+  Retry-After when it gives one, else `RetryPolicy.ip_ban_s`, in full (never cut to
+  `max_backoff_s`, which caps the other waits).
 
 Order creation is never retried blindly: after a timeout or a network error the
 order is first looked up by its orderLinkId; only when the venue does not know it
@@ -17,6 +19,13 @@ is it sent again (with the same orderLinkId, so a late first attempt makes the
 second one fail as a duplicate, 110072, which is again resolved by lookup). Any
 other retCode on an order is an OrderRejected with Bybit's code and message, and
 nothing is assumed filled.
+
+An order is looked up by symbol and orderLinkId (`order_status`): first in
+/v5/order/realtime (open orders and the last 500 closed ones, forgotten when Bybit
+restarts its servers), then in /v5/order/history. The fill of a market order is its
+final state: Filled, or PartiallyFilledCanceled with what filled (IOC / price
+protection cancelled the rest: a Fill with that qty and status); a final order with
+nothing filled is an OrderRejected.
 
 Quantities leave as the exact decimal string of a multiple of qtyStep
 (`rounding.round_qty`); a quantity that is not one is refused before sending.
@@ -26,6 +35,7 @@ Secrets are held by pybit's session only; nothing here logs them.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import logging
 import time
 from collections.abc import Callable
@@ -38,6 +48,7 @@ from pybit.exceptions import FailedRequestError, InvalidRequestError
 from pybit.unified_trading import HTTP
 
 from bot.core.exchange.interface import (
+    FINAL_STATUSES,
     Fill,
     Instrument,
     OrderRejected,
@@ -54,7 +65,6 @@ RETRYABLE_CODES = frozenset({10002, 10006, 10016, 30034, 30035, 130035, 130150})
 LEVERAGE_NOT_MODIFIED = 110043
 DUPLICATE_LINK_ID = 110072
 ORDER_NOT_FOUND = 110001
-FINAL_STATUSES = frozenset({"Filled", "Cancelled", "Rejected", "PartiallyFilledCanceled", "Deactivated"})
 KLINE_INTERVAL = {"1m": "1", "3m": "3", "5m": "5", "15m": "15", "30m": "30", "1h": "60", "2h": "120",
                   "4h": "240", "1d": "D"}
 
@@ -89,23 +99,45 @@ class RetryPolicy:
     attempts: int = 5
     backoff_s: float = 0.25
     max_backoff_s: float = 30.0
+    ip_ban_s: float = 60.0  # after an HTTP 403 without Retry-After (Bybit's IP ban lasts minutes)
 
     def delay(self, attempt: int) -> float:
         return min(self.max_backoff_s, self.backoff_s * 2 ** attempt)
 
-    def wait(self, attempt: int, hint_s: float | None) -> float:
-        """Seconds before the next attempt: the venue's hint (rate-limit reset, 403) when it
-        gave one, else the exponential backoff; never above max_backoff_s."""
+    def wait(self, attempt: int, hint_s: float | None, *, ip_ban: bool = False) -> float:
+        """Seconds before the next attempt. After an IP ban (HTTP 403): the answer's
+        Retry-After (`hint_s`) or else ip_ban_s, in full. Otherwise the venue's hint (the
+        10006 rate-limit reset) when it gave one, else the exponential backoff; never above
+        max_backoff_s."""
+        if ip_ban:
+            return max(0.0, hint_s if hint_s is not None else self.ip_ban_s)
         return min(self.max_backoff_s, hint_s if hint_s is not None else self.delay(attempt))
 
 
 class _Retry(Exception):
     """Internal: this attempt failed in a way a retry may fix."""
 
-    def __init__(self, reason: str, wait_s: float | None = None):
+    def __init__(self, reason: str, wait_s: float | None = None, ip_ban: bool = False):
         super().__init__(reason)
         self.reason = reason
         self.wait_s = wait_s
+        self.ip_ban = ip_ban
+
+
+def retry_after_s(headers: Any, now: Callable[[], float] = time.time) -> float | None:
+    """The seconds an HTTP Retry-After header asks for (delta-seconds or an HTTP date);
+    None when there is none or it cannot be read."""
+    value = headers.get("Retry-After") if headers else None
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - now())
+    except (TypeError, ValueError, IndexError):
+        return None
 
 
 def _decimal(v: Any, default: str = "0") -> Decimal:
@@ -228,7 +260,12 @@ def instruments_from_result(result: Any, where: str = "result") -> tuple[list[In
 
 
 def fill_from_order(row: dict[str, Any]) -> Fill:
-    """A Fill from one order of /v5/order/realtime or of the private `order` topic."""
+    """A Fill from one order of /v5/order/realtime, /v5/order/history or the private
+    `order` topic: the cumulative qty and fee so far and the orderStatus (avgPrice "" while
+    nothing filled reads 0)."""
+    status = row.get("orderStatus")
+    if not isinstance(status, str) or not status:
+        raise VenueError(10001, f"order {row.get('orderLinkId', '')!r} has no orderStatus")
     return Fill(
         order_link_id=row.get("orderLinkId", ""),
         symbol=row["symbol"],
@@ -237,6 +274,7 @@ def fill_from_order(row: dict[str, Any]) -> Fill:
         avg_price=_decimal(row.get("avgPrice")),
         fee=_decimal(row.get("cumExecFee")),
         ts=int(row.get("updatedTime") or 0) / 1000.0,
+        status=status,
     )
 
 
@@ -302,8 +340,10 @@ class BybitExchange:
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
             raise _Retry(f"network error: {type(e).__name__}") from e
         except FailedRequestError as e:
-            wait = 60.0 if e.status_code == 403 else None
-            raise _Retry(f"HTTP {e.status_code}: {e.message}", wait) from e
+            if e.status_code == 403:  # the IP ban: wait its Retry-After, else RetryPolicy.ip_ban_s
+                raise _Retry(f"HTTP 403 (IP rate limit): {e.message}", retry_after_s(e.resp_headers),
+                             ip_ban=True) from e
+            raise _Retry(f"HTTP {e.status_code}: {e.message}") from e
         except InvalidRequestError as e:
             if e.status_code in RETRYABLE_CODES:
                 raise _Retry(f"retCode {e.status_code}: {e.message}", self._reset_wait(e)) from e
@@ -329,7 +369,7 @@ class BybitExchange:
                 last = r.reason
                 if attempt + 1 < self.retry.attempts:
                     self.retries += 1
-                    wait = self.retry.wait(attempt, r.wait_s)
+                    wait = self.retry.wait(attempt, r.wait_s, ip_ban=r.ip_ban)
                     log.warning("bybit %s: %s; retry %d in %.2f s", name, r.reason, attempt + 1, wait)
                     await asyncio.sleep(wait)
             except InvalidRequestError as e:
@@ -412,22 +452,31 @@ class BybitExchange:
 
     # ------------------------------------------------------------ orders
 
-    async def order_status(self, order_link_id: str) -> Fill | None:
-        """The order's fill so far (None when the venue does not know the orderLinkId)."""
-        row = await self._order_row(order_link_id)
+    async def order_status(self, symbol: str, order_link_id: str) -> Fill | None:
+        """The order's state so far: cumulative qty, avg price and fee, and its orderStatus
+        (`status in FINAL_STATUSES` once it can no longer change); None when the venue knows
+        no order with that orderLinkId on `symbol` (neither realtime nor history)."""
+        row = await self._order_row(symbol, order_link_id)
         return fill_from_order(row) if row is not None else None
 
-    async def _order_row(self, order_link_id: str) -> dict[str, Any] | None:
-        res = await self._call("order-realtime", self._http.get_open_orders, category="linear",
-                               orderLinkId=order_link_id)
-        rows = [r for r in res.get("list", []) if r.get("orderLinkId") == order_link_id]
-        return rows[0] if rows else None
+    async def _order_row(self, symbol: str, order_link_id: str) -> dict[str, Any] | None:
+        """The order's row: /v5/order/realtime first (open orders and the last 500 closed,
+        until Bybit restarts), then /v5/order/history (closed orders, with some delay)."""
+        for name, fn in (("order-realtime", self._http.get_open_orders),
+                         ("order-history", self._http.get_order_history)):
+            res = await self._call(name, fn, category="linear", symbol=symbol, orderLinkId=order_link_id)
+            rows = [r for r in res.get("list") or [] if r.get("orderLinkId") == order_link_id]
+            if rows:
+                return rows[0]  # type: ignore[no-any-return]
+        return None
 
-    async def _await_final(self, order_link_id: str) -> Fill:
-        """Poll the order until it is final (market IOC orders are, within milliseconds)."""
+    async def _await_final(self, symbol: str, order_link_id: str) -> Fill:
+        """Poll the order until it is final (market IOC orders are, within milliseconds).
+        Filled or PartiallyFilledCanceled with something filled: that Fill; final with
+        nothing filled (Cancelled, Rejected, ...): OrderRejected."""
         deadline = time.monotonic() + self.fill_wait_s
         while True:
-            row = await self._order_row(order_link_id)
+            row = await self._order_row(symbol, order_link_id)
             if row is not None and row.get("orderStatus") in FINAL_STATUSES:
                 fill = fill_from_order(row)
                 if fill.qty == 0:
@@ -452,30 +501,31 @@ class BybitExchange:
             if attempt:
                 # the previous attempt may have reached the venue: look before sending again
                 try:
-                    if await self._order_row(order.order_link_id) is not None:
-                        return await self._await_final(order.order_link_id)
+                    if await self._order_row(order.symbol, order.order_link_id) is not None:
+                        return await self._await_final(order.symbol, order.order_link_id)
                 except TemporaryError:
                     # cannot tell whether it was placed: sending again is safe (a duplicate
                     # orderLinkId is refused by the venue), so go on
                     pass
             try:
                 await self._once(self._http.place_order, dict(body))
-                return await self._await_final(order.order_link_id)
+                return await self._await_final(order.symbol, order.order_link_id)
             except _Retry as r:
                 last = r.reason
                 self.retries += 1
-                wait = self.retry.wait(attempt, r.wait_s)
+                wait = self.retry.wait(attempt, r.wait_s, ip_ban=r.ip_ban)
                 log.warning("bybit order %s: %s; checking by orderLinkId in %.2f s", order.order_link_id,
                             r.reason, wait)
                 await asyncio.sleep(wait)
             except InvalidRequestError as e:
                 if e.status_code == DUPLICATE_LINK_ID:
-                    return await self._await_final(order.order_link_id)
+                    return await self._await_final(order.symbol, order.order_link_id)
                 raise OrderRejected(e.status_code, e.message, order.order_link_id) from None
         raise TemporaryError(f"order {order.order_link_id}: no answer after {self.retry.attempts} attempts ({last})")
 
     async def cancel_order(self, symbol: str, order_link_id: str) -> bool:
-        """Cancel an open order; False when it is already final or unknown (110001)."""
+        """Cancel an open order (True: the venue accepted the cancel; confirm the final state
+        with order_status); False when it is already final or unknown (110001)."""
         try:
             await self._call("order-cancel", self._http.cancel_order, category="linear", symbol=symbol,
                              orderLinkId=order_link_id)

@@ -15,6 +15,9 @@ from typing import Literal, Protocol
 
 Side = Literal["Buy", "Sell"]
 
+# Bybit v5 orderStatus values after which an order never changes again (`Fill.status`)
+FINAL_STATUSES = frozenset({"Filled", "Cancelled", "Rejected", "PartiallyFilledCanceled", "Deactivated"})
+
 
 class ExchangeError(Exception):
     """Base of the exchange errors."""
@@ -78,6 +81,12 @@ class OrderRequest:
 
 @dataclass(frozen=True)
 class Fill:
+    """An order's execution so far: qty and fee are cumulative, avg_price their average
+    (0 while nothing filled); status is the venue's orderStatus (New, PartiallyFilled,
+    Filled, PartiallyFilledCanceled, Cancelled, Rejected, ...): final once it is in
+    FINAL_STATUSES. A market order partly filled then cancelled by the venue (IOC, price
+    protection) is a Fill with status PartiallyFilledCanceled and the qty that filled."""
+
     order_link_id: str
     symbol: str
     side: Side
@@ -85,6 +94,7 @@ class Fill:
     avg_price: Decimal
     fee: Decimal
     ts: float
+    status: str = "Filled"
 
 
 class Exchange(Protocol):
@@ -92,7 +102,9 @@ class Exchange(Protocol):
 
     async def place_market_order(self, order: OrderRequest) -> Fill: ...
 
-    async def order_status(self, order_link_id: str) -> Fill | None: ...
+    async def order_status(self, symbol: str, order_link_id: str) -> Fill | None:
+        """The order's state so far (None when the venue knows no such order on `symbol`)."""
+        ...
 
     async def positions(self) -> dict[str, Decimal]: ...
 

@@ -9,7 +9,8 @@ top of book with taker fees and the same rounding rules as the venue.
 - Margin: notional / leverage must fit the free balance: else OrderRejected 110007.
 - reduce_only that would grow or flip the position: OrderRejected 110017.
 - One fill per orderLinkId: placing the same link id again returns the first fill
-  (what a retry after a timeout must see), never a second fill.
+  (what a retry after a timeout must see), never a second fill; `order_status(symbol,
+  link)` answers it (status Filled: a paper order is final at once).
 - Liquidation (strategy.md section 4, the backtester's rule): the exchange holds
   positions per symbol (one-way, netted) and knows nothing of pairs, so the caller
   names the pair trade it holds with `track_pair(symbol_1, symbol_2)`. On every quote
@@ -123,8 +124,11 @@ class PaperExchange:
     async def wallet_balance(self) -> Decimal:
         return self.balance
 
-    async def order_status(self, order_link_id: str) -> Fill | None:
-        return self._fills.get(order_link_id)
+    async def order_status(self, symbol: str, order_link_id: str) -> Fill | None:
+        """The fill of that orderLinkId on `symbol` (paper fills are final at once: status
+        Filled); None for an id never filled here, or filled on another symbol."""
+        fill = self._fills.get(order_link_id)
+        return fill if fill is not None and fill.symbol == symbol else None
 
     def _margin_in_use(self) -> Decimal:
         used = Decimal(0)

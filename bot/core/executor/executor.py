@@ -220,7 +220,7 @@ class Executor:
         now = self.clock()
         tf_s = spec_tf_s(spec)
         bar_now = math.floor(now / tf_s) * tf_s
-        bars, ticks = await self.L.write(_warm_data, spec, bar_now, tf_s, now)
+        bars, ticks = await self.L.read(_warm_data, spec, bar_now, tf_s, now)
         runner = PairRunner(spec, self._sizing(spec, bars))
         runner.warm(bars, ticks)
         log.info("event=pair_warm pair=%s bars=%d ticks=%d window_complete=%s", spec.name, len(bars), len(ticks),

@@ -102,6 +102,16 @@ class Ledger:
                 self.db_ok = False
                 await asyncio.sleep(self.cfg.db_retry_s)
 
+    async def read(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """`fn(pool, *args)` (functions that take the pool: bot.core.db.market), retried as `write`."""
+        while True:
+            try:
+                return await fn(self.pool, *args)
+            except DB_ERRORS as e:
+                self.db_ok = False
+                log.warning("event=db_down read %s failed (%s); retrying", getattr(fn, "__name__", fn), type(e).__name__)
+                await asyncio.sleep(self.cfg.db_retry_s)
+
     async def incident(self, kind: str, message: str, *, pair: tuple[str, str] | None = None,
                        position_id: int | None = None, order_link_id: str | None = None,
                        details: dict[str, Any] | None = None) -> int:

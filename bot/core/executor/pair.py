@@ -102,7 +102,7 @@ class Exit:
 def _exact(q: float, step: float) -> Decimal:
     """The Decimal of a qty `open_trade` returned: round(n * step, decimals) is the nearest
     double of the decimal n * step (fills.round_qty), whose repr is that decimal."""
-    d = Decimal(repr(q))
+    d = Decimal(repr(float(q)))
     quantum = Decimal(repr(step)).normalize()
     exp = quantum.as_tuple().exponent
     assert isinstance(exp, int)

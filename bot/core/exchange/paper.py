@@ -85,6 +85,24 @@ class PaperExchange:
                 raise ValueError(f"track_pair: {s} is already in a tracked pair")
         self._pairs.add((symbol_1, symbol_2))
 
+    def restore_position(self, symbol: str, signed_qty: Decimal, price: Decimal) -> None:
+        """Rebuild a position at restart from the ledger (the executor's reconciliation in
+        paper mode): add `signed_qty` at `price` to the symbol's position, with no fee and no
+        change of balance (both were booked when the fill happened)."""
+        if symbol not in self._instruments:
+            raise ValueError(f"restore_position: unknown symbol {symbol}")
+        pos = self._positions.get(symbol, Decimal(0))
+        if pos != 0 and (pos > 0) != (signed_qty > 0):
+            # a close or unwind fill: reduce at the average entry
+            avg = self._entry_value[symbol] / abs(pos)
+            closed = min(abs(pos), abs(signed_qty))
+            self._entry_value[symbol] -= avg * closed
+        else:
+            self._entry_value[symbol] = self._entry_value.get(symbol, Decimal(0)) + abs(signed_qty) * price
+        self._positions[symbol] = pos + signed_qty
+        if self._positions[symbol] == 0:
+            self._entry_value[symbol] = Decimal(0)
+
     def untrack_pair(self, symbol_1: str, symbol_2: str) -> None:
         self._pairs.discard((symbol_1, symbol_2))
 

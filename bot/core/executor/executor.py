@@ -676,6 +676,9 @@ class Executor:
                 except ReconcileError as e:
                     log.error("event=reconcile_failed %s (entries continue to be refused on unknown state)", e)
 
+    async def _incident(self, kind: str, message: str, **kw: Any) -> None:
+        await self.L.incident(kind, message, **kw)
+
     def flag_stale(self) -> None:
         now = self.clock()
         for r in self.runners.values():
@@ -684,31 +687,35 @@ class Executor:
             ages = [now - self._recv.get(s, -math.inf) for s in (r.spec.symbol_1, r.spec.symbol_2)]
             if max(ages) > self.ecfg.stale_exit_s:
                 self.stale_flagged.add(r.position_id)
-                task = asyncio.create_task(self.L.incident(
+                task = asyncio.create_task(self._incident(
                     "stale_position", f"no fresh quote for {max(ages):.0f} s (stale_exit_s "
                     f"{self.ecfg.stale_exit_s:.0f}): the position is held, not closed blindly; exits resume on fresh "
                     "quotes", pair=r.spec.key, position_id=r.position_id))
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
 
+    async def _listen_once(self, conn: asyncpg.Connection, source: QuoteSource) -> None:
+        """Follow NOTIFY pairs_changed on one connection until it is lost."""
+        changed, lost = asyncio.Event(), asyncio.Event()
+        await conn.add_listener("pairs_changed", lambda *_: changed.set())
+        conn.add_termination_listener(lambda *_: lost.set())
+        changed.set()  # a notice may have been missed while not listening
+        while not lost.is_set():
+            if changed.is_set():
+                changed.clear()
+                await self.reload_pairs()
+                await source.set_symbols(self.symbols)
+            try:
+                await asyncio.wait_for(changed.wait(), 5.0)
+            except TimeoutError:
+                await conn.fetchval("SELECT 1")
+
     async def _listen(self, source: QuoteSource, dsn: str | None) -> None:
         while True:
             conn: asyncpg.Connection | None = None
             try:
                 conn = await (asyncpg.connect(dsn) if dsn else self.pool.acquire())
-                changed, lost = asyncio.Event(), asyncio.Event()
-                await conn.add_listener("pairs_changed", lambda *_: changed.set())
-                conn.add_termination_listener(lambda *_: lost.set())
-                changed.set()  # a notice may have been missed while not listening
-                while not lost.is_set():
-                    if changed.is_set():
-                        changed.clear()
-                        await self.reload_pairs()
-                        await source.set_symbols(self.symbols)
-                    try:
-                        await asyncio.wait_for(changed.wait(), 5.0)
-                    except TimeoutError:
-                        await conn.fetchval("SELECT 1")
+                await self._listen_once(conn, source)
             except DB_ERRORS as e:
                 log.warning("event=pairs_listener_lost %s; reconnecting", type(e).__name__)
             finally:

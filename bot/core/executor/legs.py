@@ -130,6 +130,7 @@ class Ledger:
         """Write `sent` (and the position's status, e.g. orders_sent, in the same
         transaction), then place the order and record what the venue says."""
         await self.write(positions.mark_sent, order.order_link_id, position_status)
+        order.status = "sent"  # the in-memory row follows the ledger: a lookup must now cancel, not assume
         req = OrderRequest(order.symbol, order.side, order.qty, order.order_link_id, order.reduce_only)  # type: ignore[arg-type]
         log.info("event=order_sent position=%d link=%s symbol=%s side=%s qty=%s reduce_only=%s", order.position_id,
                  order.order_link_id, order.symbol, order.side, order.qty, order.reduce_only)

@@ -239,14 +239,16 @@ class Executor:
         a pair whose parameters changed while open keeps the old ones until flat."""
         rows = await self.L.write(read_pairs)
         wanted: dict[tuple[str, str], PairSpec] = {}
+        listed: set[tuple[str, str]] = set()
         for row in rows:
             key = (str(row["token_1"]).removesuffix("_USDT"), str(row["token_2"]).removesuffix("_USDT"))
+            listed.add(key)
             try:
                 wanted[key] = spec_from_row(row, self.cfg)
             except (ValueError, KeyError, TypeError) as e:
                 await self._bad_pair(key, f"pairs row refused: {e}")
         for key in list(self.blocked_until):
-            if self.blocked_until[key] == math.inf and key not in wanted:
+            if self.blocked_until[key] == math.inf and key not in listed:
                 del self.blocked_until[key]  # the bad row is gone: a new one is judged afresh
         for key, spec in wanted.items():
             r = self.runners.get(key)
@@ -529,6 +531,7 @@ class Executor:
         if pos.status != "closing":  # written before the first close order leaves
             await L.write(ledger_sql.plan_orders, L.prefix, pos.id, "closing", [], close_reason=reason, close_z=z)
         filled: dict[int, list[Fill]] = {1: [], 2: []}
+        residual: set[int] = set()  # legs whose rest cannot be sent at the instrument's current qtyStep
         for o in closes:
             f = o.fill()
             if f is not None:
@@ -549,12 +552,17 @@ class Executor:
                     send_qty = rest
                     if inst is not None and round_qty(rest, inst.qty_step) != rest:
                         send_qty = round_qty(rest, inst.qty_step)
+                        if send_qty <= 0 and filled[leg]:  # the rest the incident already named
+                            residual.add(leg)
+                            break
                         await L.incident("instrument_changed", f"{syms[leg]} qtyStep is now {inst.qty_step}: the "
-                                         f"position's {rest} is not a multiple; closing {send_qty}",
+                                         f"position's {rest} is not a multiple; closing {send_qty}, "
+                                         f"{rest - send_qty} stays at the venue (close it by hand)",
                                          pair=(pos.token_1.removesuffix("_USDT"), pos.token_2.removesuffix("_USDT")),
                                          position_id=pos.id)
-                        if send_qty <= 0:
-                            return None
+                        if send_qty <= 0:  # nothing closable at the new step: the rest stays, flagged
+                            residual.add(leg)
+                            break
                     attempt = 0 if newest is None else newest.attempt + 1
                     [order] = await L.write(ledger_sql.plan_orders, L.prefix, pos.id, None,
                                             [(leg, "close", attempt, syms[leg], _opposite(sides[leg - 1]), send_qty)],
@@ -582,7 +590,7 @@ class Executor:
                                      position_id=pos.id, order_link_id=order.order_link_id)
                     return None
             rest = qty[leg] - sum((f.qty for f in filled[leg]), Decimal(0))
-            if rest > 0:
+            if rest > 0 and leg not in residual:
                 return None
         return filled
 
@@ -749,7 +757,9 @@ def trade_row(pos: PositionRow, closes: dict[int, list[Fill]], reason: int, clos
     """The trades row of a closed position from the venue's fills (strategy.md section 4, in
     Decimal): per leg the open fill and the close fills (volume-weighted), fees_i = the leg's
     open and close fees as the venue charged them, profit_i = side_i (close_i - open_i)
-    qty_i - fees_i (funding is not in the fills: 0)."""
+    qty_i - fees_i with qty_i the closed quantity (below the open one only when an
+    instrument change left a residual, which its incident names; funding is not in the
+    fills: 0)."""
     opens = {o.leg: o for o in pos.orders if o.action == "open" and o.status == "filled"}
     s1 = Decimal(1) if pos.pos_side == 1 else Decimal(-1)
     out: dict[str, Any] = {}
@@ -757,13 +767,13 @@ def trade_row(pos: PositionRow, closes: dict[int, list[Fill]], reason: int, clos
         o = opens[leg]
         assert o.filled_qty is not None and o.avg_price is not None
         qty = sum((f.qty for f in closes[leg]), Decimal(0))
-        close_px = sum((f.qty * f.avg_price for f in closes[leg]), Decimal(0)) / qty
+        close_px = sum((f.qty * f.avg_price for f in closes[leg]), Decimal(0)) / qty if qty else o.avg_price
         fees = (o.fee or Decimal(0)) + sum((f.fee for f in closes[leg]), Decimal(0))
         out[f"qty_{leg}"] = o.filled_qty
         out[f"open_price_{leg}"] = o.avg_price
         out[f"close_price_{leg}"] = close_px
         out[f"fees_{leg}"] = fees
-        out[f"profit_{leg}"] = sign * (close_px - o.avg_price) * o.filled_qty - fees
+        out[f"profit_{leg}"] = sign * (close_px - o.avg_price) * qty - fees  # the closed qty (a residual: less)
     return TradeRow(pos.id, pos.token_1, pos.token_2, float(pos.open_ts or 0.0), float(close_ts), pos.pos_side,
                     out["qty_1"], out["qty_2"], out["open_price_1"], out["close_price_1"], out["open_price_2"],
                     out["close_price_2"], out["fees_1"], out["fees_2"], out["profit_1"], out["profit_2"], reason,

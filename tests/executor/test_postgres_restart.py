@@ -15,8 +15,8 @@ import pytest
 
 from bot.core.db.migrate import migrate
 from bot.core.db.pool import EmbeddedPostgres, create_pool
-from tests.executor import test_pairs_and_inputs as t
 from tests.executor import live
+from tests.executor import test_pairs_and_inputs as t
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

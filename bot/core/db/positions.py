@@ -267,13 +267,17 @@ class TradeRow:
         return self.profit_1 + self.profit_2
 
 
-async def close_position(conn: Any, trade: TradeRow) -> None:
-    """In one transaction: the position `closed` with its close fields, and its trades row."""
+async def close_position(conn: Any, trade: TradeRow) -> bool:
+    """In one transaction: the position `closed` with its close fields, and its trades row;
+    only from `closing` (False, nothing written, when it is not: closed already by another
+    path, so a position never gets two trades rows)."""
     async with conn.transaction():
-        await conn.execute(
+        done = await conn.fetchval(
             "UPDATE positions SET status = 'closed', close_ts = $2, closed_at = to_timestamp($2), close_reason = $3,"
-            " close_z = $4, updated_at = now() WHERE id = $1",
+            " close_z = $4, updated_at = now() WHERE id = $1 AND status = 'closing' RETURNING id",
             trade.position_id, trade.close_ts, trade.reason, trade.close_z)
+        if done is None:
+            return False
         await conn.execute(
             "INSERT INTO trades (position_id, token_1, token_2, open_time, close_time, pos_side, qty_1, qty_2,"
             " open_price_1, close_price_1, open_price_2, close_price_2, fees, profit_1, profit_2, total_profit,"
@@ -284,6 +288,7 @@ async def close_position(conn: Any, trade: TradeRow) -> None:
             trade.qty_1, trade.qty_2, trade.open_price_1, trade.close_price_1, trade.open_price_2,
             trade.close_price_2, trade.fees, trade.profit_1, trade.profit_2, trade.total_profit, trade.reason,
             trade.open_z, trade.close_z, trade.mode, trade.fees_1, trade.fees_2)
+    return True
 
 
 async def closed_profit(conn: Any, mode: str) -> Decimal:

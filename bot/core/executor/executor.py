@@ -126,7 +126,13 @@ class Executor:
         self._recv: dict[str, float] = {}
         self._lock_conn: asyncpg.Connection | None = None
         self._paper_liqs = 0
-        self.closed_trades: list[TradeRow] = []
+        self.closed_trades: deque[TradeRow] = deque(maxlen=1000)  # the latest, for reports (the table holds all)
+        self.flow_gen: Counter[tuple[str, str]] = Counter()  # flows started/ended per pair (reconcile skips moved ones)
+        self.mismatch_flagged: set[int] = set()
+        self.bad_reported: dict[tuple[str, str], str] = {}
+        self.started_at = math.nan
+        self._reload_lock = asyncio.Lock()
+        self._reconcile_lock = asyncio.Lock()
 
     # ------------------------------------------------------------ start
 
@@ -147,6 +153,7 @@ class Executor:
         await self._refresh_balance()
         await self.reload_pairs()  # runners first: reconciliation adopts positions into them
         await self.reconcile(initial=True)
+        self.started_at = self.clock()
         log.info("event=executor_started mode=%s pairs=%d open=%d balance=%s prefix=%s", self.mode,
                  len(self.runners), sum(r.position_id is not None for r in self.runners.values()), self.balance,
                  prefix)
@@ -228,41 +235,61 @@ class Executor:
         return runner
 
     async def _bad_pair(self, key: tuple[str, str], message: str) -> None:
-        if self.blocked_until.get(key, 0) == math.inf:
-            return  # already reported for this row
-        self.blocked_until[key] = math.inf
+        """A pairs row that cannot be traded: one incident per distinct problem (a reload that
+        finds the same problem again stays quiet; a fixed row trades, a new problem is reported)."""
+        if self.bad_reported.get(key) == message:
+            return
+        self.bad_reported[key] = message
         await self.L.incident("bad_pair", message, pair=key)
 
-    async def reload_pairs(self) -> None:
+    async def _refresh_instruments(self) -> None:
+        try:
+            self.instruments = {i.symbol: i for i in await self.exchange.instruments()}
+        except ExchangeError as e:
+            log.warning("event=instruments_unavailable %s; keeping the last list", e)
+
+    async def reload_pairs(self, refresh_instruments: bool = False) -> None:
         """Follow the `pairs` table: new pairs start flat (warm-up from bars); a removed pair
         holding a position keeps its parameters and exits by its own rules, then is dropped;
-        a pair whose parameters changed while open keeps the old ones until flat."""
+        a pair whose parameters changed while open keeps the old ones until flat. Rows refused
+        before are judged again (with the venue's instruments re-read when asked)."""
+        async with self._reload_lock:
+            await self._reload_pairs(refresh_instruments)
+
+    async def _reload_pairs(self, refresh_instruments: bool) -> None:
+        if refresh_instruments:
+            await self._refresh_instruments()
         rows = await self.L.write(read_pairs)
         wanted: dict[tuple[str, str], PairSpec] = {}
-        listed: set[tuple[str, str]] = set()
         for row in rows:
             key = (str(row["token_1"]).removesuffix("_USDT"), str(row["token_2"]).removesuffix("_USDT"))
-            listed.add(key)
             try:
                 wanted[key] = spec_from_row(row, self.cfg)
             except (ValueError, KeyError, TypeError) as e:
                 await self._bad_pair(key, f"pairs row refused: {e}")
-        for key in list(self.blocked_until):
-            if self.blocked_until[key] == math.inf and key not in listed:
-                del self.blocked_until[key]  # the bad row is gone: a new one is judged afresh
+        for key in [k for k in self.bad_reported if k not in rows_keys(rows)]:
+            del self.bad_reported[key]  # the row is gone: a new one is judged afresh
         for key, spec in wanted.items():
             r = self.runners.get(key)
             if r is None:
-                if self.blocked_until.get(key) == math.inf and key in self._bad_keys_reported():
-                    continue
                 new = await self._make_runner(spec)
-                if new is not None:
+                if new is None:
+                    continue
+                self.bad_reported.pop(key, None)
+                if self.runners.get(key) is None:  # reconciliation may have adopted one meanwhile
                     self.runners[key] = new
+                else:
+                    self.pending_specs[key] = spec
             elif r.spec.row != spec.row:
+                r.retiring = False  # listed again: it stays, with the new parameters once flat
                 if r.position_id is None and not r.busy:
+                    r.busy = True  # no decision on the old parameters while the new runner warms up
                     new = await self._make_runner(spec)
                     if new is not None:
                         self.runners[key] = new
+                        log.info("event=pair_params_applied pair=%s", spec.name)
+                    else:
+                        self.runners.pop(key, None)
                 else:
                     self.pending_specs[key] = spec
                     log.info("event=pair_params_deferred pair=%s the open position keeps its parameters", spec.name)
@@ -271,6 +298,7 @@ class Executor:
                 self.pending_specs.pop(key, None)
         for key, r in list(self.runners.items()):
             if key not in wanted:
+                self.pending_specs.pop(key, None)
                 if r.position_id is None and not r.busy:
                     del self.runners[key]
                     log.info("event=pair_dropped pair=%s", r.spec.name)
@@ -278,27 +306,31 @@ class Executor:
                     r.retiring = True
                     log.info("event=pair_retiring pair=%s closes by its own rules, then is dropped", r.spec.name)
 
-    def _bad_keys_reported(self) -> set[tuple[str, str]]:
-        return {k for k, v in self.blocked_until.items() if v == math.inf}
-
     @property
     def symbols(self) -> set[str]:
         return {s for r in self.runners.values() for s in (r.spec.symbol_1, r.spec.symbol_2)}
+
+    def _release_symbols(self, runner: PairRunner) -> None:
+        for sym in (runner.spec.symbol_1, runner.spec.symbol_2):
+            if self.exposed.get(sym) == runner.spec.name:
+                del self.exposed[sym]
 
     async def _flat(self, runner: PairRunner) -> None:
         """The runner became flat: apply deferred parameters or drop a retiring pair."""
         key = runner.spec.key
         runner.position_id = None
-        for sym in (runner.spec.symbol_1, runner.spec.symbol_2):
-            if self.exposed.get(sym) == runner.spec.name:
-                del self.exposed[sym]
+        self._release_symbols(runner)
         if runner.retiring:
             self.runners.pop(key, None)
             log.info("event=pair_dropped pair=%s (flat after removal)", runner.spec.name)
         elif key in self.pending_specs:
+            runner.busy = True  # no decision on the old parameters while the new runner warms up
             new = await self._make_runner(self.pending_specs.pop(key))
             if new is not None:
                 self.runners[key] = new
+                log.info("event=pair_params_applied pair=%s (flat)", runner.spec.name)
+            else:
+                self.runners.pop(key, None)
 
     # ------------------------------------------------------------ ticks
 
@@ -344,6 +376,11 @@ class Executor:
             if decision is None:
                 continue
             r.busy = True
+            self.flow_gen[r.spec.key] += 1
+            if isinstance(decision, Entry):
+                # reserved now, before any await: no other pair enters on these symbols meanwhile
+                for sym in (r.spec.symbol_1, r.spec.symbol_2):
+                    self.exposed[sym] = r.spec.name
             flow = self._enter(r, decision) if isinstance(decision, Entry) else self._exit(r, decision)
             if self.paper:
                 # the in-process venue fills at the book of this very tick, as the backtester
@@ -357,6 +394,9 @@ class Executor:
     async def _guard(self, r: PairRunner, flow: Any) -> None:
         try:
             await flow
+        except asyncio.CancelledError:
+            r.stuck = r.busy  # cut short (shutdown): reconciliation settles what it left
+            raise
         except Exception as e:  # a bug must not kill the executor: the pair stays busy, loudly
             log.exception("event=flow_crashed pair=%s", r.spec.name)
             try:
@@ -366,6 +406,8 @@ class Executor:
             finally:
                 r.busy = True  # held: reconciliation frees it
                 r.stuck = True
+        finally:
+            self.flow_gen[r.spec.key] += 1
 
     def _paper_liquidations(self) -> None:
         liqs = getattr(self.exchange, "liquidations", None)
@@ -375,7 +417,8 @@ class Executor:
             for r in self.runners.values():
                 if (r.spec.symbol_1, r.spec.symbol_2) == (liq.symbol_1, liq.symbol_2) and r.position_id is not None:
                     r.busy = True
-                    task = asyncio.create_task(self._book_paper_liquidation(r, liq.fills, liq.ts))
+                    self.flow_gen[r.spec.key] += 1
+                    task = asyncio.create_task(self._guard(r, self._book_paper_liquidation(r, liq.fills, liq.ts)))
                     self.tasks.add(task)
                     task.add_done_callback(self.tasks.discard)
         self._paper_liqs = len(liqs)
@@ -410,6 +453,7 @@ class Executor:
                              pair=spec.key)
             r.open_failed()
             r.busy = False
+            self._release_symbols(r)
             return
         r.position_id = pid
         for s in syms:
@@ -488,23 +532,64 @@ class Executor:
         else:
             r.stuck = True
 
-    async def _unwind(self, pid: int, legs: list[tuple[int, str, str, Decimal]], key: tuple[str, str],
-                      attempt0: int = 0) -> bool:
-        """Close the filled quantities `legs` [(leg, symbol, side, qty)] with reduceOnly orders."""
+    async def _unwind(self, pid: int, legs: list[tuple[int, str, str, Decimal]], key: tuple[str, str]) -> bool:
+        """Close the filled quantities `legs` [(leg, symbol, side, qty)] with reduceOnly
+        orders (status unwinding, written with the orders before they leave)."""
         if not legs:
             return True
         L = self.L
-        planned = await L.write(ledger_sql.plan_orders, L.prefix, pid, "unwinding",
-                                [(leg, "unwind", attempt0, sym, side, qty) for leg, sym, side, qty in legs])
+        await L.write(ledger_sql.plan_orders, L.prefix, pid, "unwinding",
+                      [(leg, "unwind", 0, sym, side, qty) for leg, sym, side, qty in legs])
+        return await self.drive_unwind(await L.write(ledger_sql.position, pid), key)
+
+    async def drive_unwind(self, pos: PositionRow, key: tuple[str, str]) -> bool:
+        """Drive every leg's unwind to its quantity (the first attempt's qty): a planned or
+        sent order is driven (ensure_leg), a partly filled or failed one is followed by a new
+        attempt for the rest, at most 3 per call (reconciliation calls again). A reduceOnly
+        rejection 110017 means the venue holds nothing there: that leg is flat. True when
+        every leg is done; each leg left naked is an `unwind_failed` incident."""
+        L = self.L
         ok = True
-        for o in planned:
-            res = await L.send_leg(o)
-            if not res.complete:
+        for leg in (1, 2):
+            mine = [o for o in pos.orders if o.action == "unwind" and o.leg == leg]
+            if not mine:
+                continue
+            target = min(mine, key=lambda o: o.attempt).qty
+            done = sum((o.filled_qty or Decimal(0) for o in mine if o.status == "filled"), Decimal(0))
+            why = ""
+            for _ in range(3):
+                rest = target - done
+                if rest <= 0:
+                    break
+                newest = max(mine, key=lambda o: o.attempt)
+                if newest.status in ("planned", "sent"):
+                    order = newest
+                else:
+                    [order] = await L.write(ledger_sql.plan_orders, L.prefix, pos.id, None,
+                                            [(leg, "unwind", newest.attempt + 1, newest.symbol, newest.side, rest)])
+                    mine.append(order)
+                res = await L.ensure_leg(order)
+                if res.filled_qty > 0:
+                    order.status = "filled"
+                    order.filled_qty = res.filled_qty
+                    done += res.filled_qty
+                    continue
+                if res.rejected is not None and res.rejected.code == REDUCE_ONLY_NOTHING:
+                    order.status = "rejected"
+                    log.warning("event=unwind_flat position=%d link=%s the venue holds nothing to reduce on %s: "
+                                "that leg is flat", pos.id, order.order_link_id, order.symbol)
+                    done = target
+                    break
+                order.status = "sent" if res.unresolved else "rejected" if res.rejected else "cancelled"
+                why = res.unresolved or (f"{res.rejected.code}: {res.rejected.message}" if res.rejected
+                                         else "nothing filled")
+                if res.unresolved or res.rejected:
+                    break
+            if done < target:
                 ok = False
-                await L.incident("unwind_failed", f"unwind of {o.qty} {o.symbol} not done "
-                                 f"({res.unresolved or (res.rejected.message if res.rejected else res.filled_qty)}): "
-                                 "THE LEG IS NAKED; reconciliation retries", pair=key, position_id=pid,
-                                 order_link_id=o.order_link_id)
+                await L.incident("unwind_failed", f"unwind of {mine[0].symbol}: {done} of {target} done ({why}): THE "
+                                 "LEG IS NAKED; reconciliation retries", pair=key, position_id=pos.id,
+                                 order_link_id=mine[-1].order_link_id)
         return ok
 
     # ------------------------------------------------------------ exit
@@ -532,6 +617,7 @@ class Executor:
             await L.write(ledger_sql.plan_orders, L.prefix, pos.id, "closing", [], close_reason=reason, close_z=z)
         filled: dict[int, list[Fill]] = {1: [], 2: []}
         residual: set[int] = set()  # legs whose rest cannot be sent at the instrument's current qtyStep
+        gone: set[int] = set()  # legs the venue no longer holds (110017)
         for o in closes:
             f = o.fill()
             if f is not None:
@@ -580,18 +666,22 @@ class Executor:
                     return None
                 if res.rejected is not None and res.rejected.code == REDUCE_ONLY_NOTHING:
                     await L.incident("lost", f"closing {syms[leg]}: the venue holds nothing to reduce (110017); "
-                                     "that leg was closed outside the bot", pair=_key(pos), position_id=pos.id,
-                                     order_link_id=order.order_link_id)
-                    await L.write(ledger_sql.set_status, pos.id, "lost", f"{syms[leg]} gone at the venue")
-                    return {}
+                                     "that leg was closed outside the bot; the other leg is still closed",
+                                     pair=_key(pos), position_id=pos.id, order_link_id=order.order_link_id)
+                    gone.add(leg)
+                    break
                 if res.rejected is not None:
                     await L.incident("close_failed", f"close of {syms[leg]} rejected ({res.rejected.code}: "
                                      f"{res.rejected.message}); retrying on the next fresh tick", pair=_key(pos),
                                      position_id=pos.id, order_link_id=order.order_link_id)
                     return None
             rest = qty[leg] - sum((f.qty for f in filled[leg]), Decimal(0))
-            if rest > 0 and leg not in residual:
+            if rest > 0 and leg not in residual and leg not in gone:
                 return None
+        if gone:  # no trade row from a leg whose close the bot never saw: lost, its fills kept in orders
+            await L.write(ledger_sql.set_status, pos.id, "lost", f"{', '.join(syms[k] for k in sorted(gone))} gone "
+                          "at the venue; the rest closed")
+            return {}
         return filled
 
     async def _finish_close(self, r: PairRunner | None, pos: PositionRow, fills: dict[int, list[Fill]],
@@ -603,8 +693,11 @@ class Executor:
                 await self._flat(r)
             return
         trade = trade_row(pos, fills, reason, z, ts, self.mode)
-        await self.L.write(ledger_sql.close_position, trade)
-        self.closed_trades.append(trade)
+        if not await self.L.write(ledger_sql.close_position, trade):
+            log.warning("event=close_skipped position=%d was no longer closing (closed by another path): no "
+                        "second trades row", pos.id)
+        else:
+            self.closed_trades.append(trade)
         untrack = getattr(self.exchange, "untrack_pair", None)
         if untrack is not None:
             untrack(f"{pos.token_1.removesuffix('_USDT')}USDT", f"{pos.token_2.removesuffix('_USDT')}USDT")
@@ -663,7 +756,12 @@ class Executor:
                 done, _ = await asyncio.wait({get, stopper}, return_when=asyncio.FIRST_COMPLETED)
                 if get in done:
                     stopper.cancel()
-                    await self.on_quote(get.result())
+                    q = get.result()
+                    try:
+                        await self.on_quote(q)
+                    except Exception:  # one bad quote or a bug in one pair must not stop trading
+                        self.stats["quote_errors"] += 1
+                        log.exception("event=quote_failed symbol=%s", q.symbol)
                 else:
                     get.cancel()
         finally:
@@ -676,26 +774,43 @@ class Executor:
         last = time.monotonic()
         while True:
             await asyncio.sleep(min(every, 1.0))
-            self.flag_stale()
-            if time.monotonic() - last >= every:
-                last = time.monotonic()
-                try:
+            try:
+                self.flag_stale()
+                if time.monotonic() - last >= every:
+                    last = time.monotonic()
                     await self.reconcile()
-                except ReconcileError as e:
-                    log.error("event=reconcile_failed %s (entries continue to be refused on unknown state)", e)
+            except ReconcileError as e:
+                log.error("event=reconcile_failed %s (entries continue to be refused on unknown state)", e)
+            except Exception as e:  # a bug must not stop reconciliation for good
+                log.exception("event=periodic_crashed")
+                await self._incident_safe("reconcile_failed", f"periodic reconciliation crashed: "
+                                          f"{type(e).__name__}: {e}; retried at the next period")
 
     async def _incident(self, kind: str, message: str, **kw: Any) -> None:
         await self.L.incident(kind, message, **kw)
 
+    async def _incident_safe(self, kind: str, message: str, **kw: Any) -> None:
+        """An incident from a crash handler: bounded, and never raising itself."""
+        try:
+            await asyncio.wait_for(self.L.incident(kind, message, **kw), 10.0)
+        except Exception:
+            log.exception("event=incident_unrecorded kind=%s %s", kind, message)
+
     def flag_stale(self) -> None:
         now = self.clock()
         for r in self.runners.values():
-            if r.position_id is None or r.position_id in self.stale_flagged:
+            if r.position_id is None:
                 continue
-            ages = [now - self._recv.get(s, -math.inf) for s in (r.spec.symbol_1, r.spec.symbol_2)]
+            since = self.started_at if math.isfinite(self.started_at) else now  # no quote yet: stale since start
+            ages = [now - self._recv.get(s, since) for s in (r.spec.symbol_1, r.spec.symbol_2)]
+            if r.position_id in self.stale_flagged:
+                if max(ages) <= self.ecfg.max_quote_age_s:  # fresh again: a later staleness is flagged anew
+                    self.stale_flagged.discard(r.position_id)
+                    log.info("event=stale_resolved pair=%s position=%d", r.spec.name, r.position_id)
+                continue
             if max(ages) > self.ecfg.stale_exit_s:
                 self.stale_flagged.add(r.position_id)
-                task = asyncio.create_task(self._incident(
+                task = asyncio.create_task(self._incident_safe(
                     "stale_position", f"no fresh quote for {max(ages):.0f} s (stale_exit_s "
                     f"{self.ecfg.stale_exit_s:.0f}): the position is held, not closed blindly; exits resume on fresh "
                     "quotes", pair=r.spec.key, position_id=r.position_id))
@@ -711,7 +826,7 @@ class Executor:
         while not lost.is_set():
             if changed.is_set():
                 changed.clear()
-                await self.reload_pairs()
+                await self.reload_pairs(refresh_instruments=True)
                 await source.set_symbols(self.symbols)
             try:
                 await asyncio.wait_for(changed.wait(), 5.0)
@@ -726,6 +841,10 @@ class Executor:
                 await self._listen_once(conn, source)
             except DB_ERRORS as e:
                 log.warning("event=pairs_listener_lost %s; reconnecting", type(e).__name__)
+            except Exception as e:  # a bug in a reload must not end pair following for good
+                log.exception("event=pairs_listener_crashed")
+                await self._incident_safe("bad_pair", f"following the pairs table crashed: {type(e).__name__}: {e}; "
+                                          "retrying")
             finally:
                 if conn is not None:
                     try:
@@ -736,6 +855,10 @@ class Executor:
                     except Exception:
                         conn.terminate()
             await asyncio.sleep(self.ecfg.db_retry_s)
+
+
+def rows_keys(rows: list[Any]) -> set[tuple[str, str]]:
+    return {(str(r["token_1"]).removesuffix("_USDT"), str(r["token_2"]).removesuffix("_USDT")) for r in rows}
 
 
 def spec_tf_s(spec: PairSpec) -> int:

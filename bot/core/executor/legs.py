@@ -9,7 +9,10 @@
   at most `executor.leg_timeout_s`; a definitive answer is recorded (filled, partly
   filled, rejected); no answer (timeout, transport error) is ambiguous: the order is
   cancelled by orderLinkId and looked up (realtime, then history) before anything else
-  happens, and stays `sent` ("unresolved") when the venue cannot say.
+  happens, and stays `sent` ("unresolved") when the venue cannot say. An unanswered
+  order the venue does not know YET is unresolved too, not "never placed": its request
+  may still be on its way (the HTTP call outlives the timeout); only after
+  `unknown_grace_s` is "unknown to the venue" taken as final.
 - `resolve_leg`: the same outcome for an order found `sent` after a restart, by lookup
   only, never by sending a new id.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -83,6 +87,13 @@ class Ledger:
         self.cfg = cfg
         self.db_ok = True
         self.db_failures = 0
+        self.unanswered: dict[str, float] = {}  # orderLinkId -> monotonic time its request went unanswered
+
+    @property
+    def unknown_grace_s(self) -> float:
+        """How long an unanswered order the venue does not know may still arrive there: the
+        adapter's own HTTP timeout and retries outlive leg_timeout_s."""
+        return max(30.0, 3 * self.cfg.leg_timeout_s)
 
     async def write(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         """Run `fn(conn, *args)` on a pooled connection, retrying while Postgres is unreachable."""
@@ -145,6 +156,7 @@ class Ledger:
             why = "no answer within leg_timeout_s" if isinstance(e, TimeoutError) else f"{type(e).__name__}: {e}"
             log.warning("event=order_unanswered position=%d link=%s %s; cancelling and looking it up",
                         order.position_id, order.order_link_id, why)
+            self.unanswered[order.order_link_id] = time.monotonic()
             return await self.resolve_leg(order, cancel=True, why=why)
         return await self._filled(order, fill)
 
@@ -158,9 +170,12 @@ class Ledger:
                  order.position_id, order.order_link_id, fill.symbol, fill.qty, fill.avg_price, fill.fee, fill.status)
         return LegResult(order, fill=fill)
 
-    async def resolve_leg(self, order: OrderRow, *, cancel: bool, why: str = "") -> LegResult:
+    async def resolve_leg(self, order: OrderRow, *, cancel: bool, why: str = "", unknown_final: bool = False
+                          ) -> LegResult:
         """The outcome of an order that may have reached the venue, by orderLinkId (with its
-        symbol): a resting one is cancelled first; unknown to the venue = nothing filled."""
+        symbol): a resting one is cancelled first; unknown to the venue = nothing filled,
+        except for an order of this process that went unanswered less than unknown_grace_s
+        ago (unresolved) unless `unknown_final` (the caller resends under the same id)."""
         if order.status == "filled" and order.fill() is not None:
             return LegResult(order, fill=order.fill())
         if order.status in ("rejected", "cancelled"):
@@ -169,13 +184,21 @@ class Ledger:
             await self.write(positions.record_order_failure, order.order_link_id, "cancelled", None, "never sent")
             return LegResult(order, fill=_nothing(order, "NotSent"))
         ex = self.exchange
+        link = order.order_link_id
+        since = self.unanswered.get(link)
         try:
-            state = await ex.order_status(order.symbol, order.order_link_id)
-            if state is not None and state.status not in FINAL_STATUSES and cancel:
-                await ex.cancel_order(order.symbol, order.order_link_id)
-                state = await ex.order_status(order.symbol, order.order_link_id)
+            state = await ex.order_status(order.symbol, link)
+            if cancel and (since is not None or (state is not None and state.status not in FINAL_STATUSES)):
+                # by orderLinkId, even when the lookup does not know it (yet): a resting copy dies
+                await ex.cancel_order(order.symbol, link)
+                state = await ex.order_status(order.symbol, link)
         except ExchangeError as e:
             return LegResult(order, unresolved=f"{why}; lookup failed: {type(e).__name__}: {e}")
+        if (state is None and since is not None and not unknown_final
+                and time.monotonic() - since < self.unknown_grace_s):
+            return LegResult(order, unresolved=f"{why}; unknown to the venue so far (its request may still arrive:"
+                             f" final after {self.unknown_grace_s:.0f} s)")
+        self.unanswered.pop(link, None)
         if state is None:
             await self.write(positions.record_order_failure, order.order_link_id, "cancelled", None,
                              f"unknown to the venue ({why or 'after restart'})")
@@ -191,7 +214,7 @@ class Ledger:
         if order.status == "planned":
             return await self.send_leg(order)
         if order.status == "sent":
-            res = await self.resolve_leg(order, cancel=True, why="resumed")
+            res = await self.resolve_leg(order, cancel=True, why="resumed", unknown_final=True)
             if res.fill is not None and res.fill.status == UNKNOWN:
                 # the venue never saw it: send it again under its own id
                 order.status = "planned"

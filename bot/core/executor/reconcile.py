@@ -59,11 +59,20 @@ def _expected(p: PositionRow) -> dict[str, Decimal]:
 
 
 async def reconcile(ex: Executor, initial: bool) -> None:
+    async with ex._reconcile_lock:  # noqa: SLF001 - one reconciliation at a time
+        await _reconcile(ex, initial)
+
+
+async def _reconcile(ex: Executor, initial: bool) -> None:
+    """The venue's snapshot is taken after noting each pair's flow generation: a pair whose
+    flow started or ended since (or is in flight) is skipped this round, its flow owns the
+    outcome; a pair being settled is held busy, so no flow starts under reconciliation."""
     from bot.core.executor.executor import ReconcileError
 
     L = ex.L
     if initial and hasattr(ex.exchange, "restore_position"):
         await _seed_paper(ex)
+    gens = dict(ex.flow_gen)
     try:
         venue = await ex.exchange.positions()
     except ExchangeError as e:
@@ -72,10 +81,13 @@ async def reconcile(ex: Executor, initial: bool) -> None:
     active = await L.write(ledger_sql.active_positions, ex.mode)
     owned: set[str] = set()
     for p in active:
-        r = ex.runners.get(_key(p))
+        key = _key(p)
+        r = ex.runners.get(key)
         owned.update(_syms(p))
-        if not initial and r is not None and r.position_id == p.id and r.busy and not r.stuck:
-            continue  # a flow is in flight: it owns the outcome
+        if not initial and r is not None and ((r.busy and not r.stuck) or ex.flow_gen[key] != gens.get(key, 0)):
+            continue  # a flow is in flight or moved since the snapshot: it owns the outcome
+        if r is not None:
+            r.busy = True  # settled under reconciliation: no flow starts meanwhile
         try:
             await _settle(ex, p, venue, initial)
         except ExchangeError as e:
@@ -83,6 +95,9 @@ async def reconcile(ex: Executor, initial: bool) -> None:
                              pair=_key(p), position_id=p.id)
             if initial:
                 raise ReconcileError(f"position {p.id} could not be settled: {e}") from e
+        finally:
+            if r is not None and not r.stuck:
+                r.busy = False
     await _orphans(ex, venue, owned)
     if not initial:
         await ex._refresh_balance()  # noqa: SLF001
@@ -150,7 +165,8 @@ async def _settle(ex: Executor, p: PositionRow, venue: dict[str, Decimal], initi
     want = _expected(p)
     have = {s: venue.get(s, Decimal(0)) for s in (s1, s2)}
     if all(have[s] == want.get(s, Decimal(0)) for s in (s1, s2)):
-        if initial or ex.runners.get(key) is None or ex.runners[key].position_id != p.id:
+        r = ex.runners.get(key)
+        if initial or r is None or r.position_id != p.id or r.stuck:
             await _adopt(ex, p)
         return
     if all(have[s] == 0 for s in (s1, s2)):
@@ -174,8 +190,8 @@ async def _settle(ex: Executor, p: PositionRow, venue: dict[str, Decimal], initi
         else:
             await _hold(ex, p)
         return
-    if p.id not in ex.stale_flagged:  # once per position and process
-        ex.stale_flagged.add(p.id)
+    if p.id not in ex.mismatch_flagged:  # once per position and process
+        ex.mismatch_flagged.add(p.id)
         await L.incident("qty_mismatch", f"the venue holds {have}, position {p.id} recorded {want}: adopted as "
                          "recorded; check the account", pair=key, position_id=p.id)
     if initial:
@@ -183,19 +199,33 @@ async def _settle(ex: Executor, p: PositionRow, venue: dict[str, Decimal], initi
 
 
 async def _resume_unwind(ex: Executor, p: PositionRow) -> None:
+    """An `unwinding` position: first every entry order still `sent` is resolved (a late
+    fill of it is unwound too: a second leg answered after the first was unwound), then
+    every unwind is driven to its quantity (new attempts for what is left)."""
     L = ex.L
-    unw = p.legs("unwind")
-    ok = True
-    for leg in sorted(unw):
-        res = await L.ensure_leg(unw[leg])
-        ok = ok and res.complete
-    if ok:
+    key = _key(p)
+    late = []
+    for leg, o in sorted(p.legs("open").items()):
+        if o.status != "sent":
+            continue
+        res = await L.resolve_leg(o, cancel=True, why="entry order still open while unwinding")
+        if res.unresolved is not None:
+            await L.incident("leg_unresolved", f"entry order {o.order_link_id} ({o.symbol}) still unresolved while "
+                             f"unwinding: {res.unresolved}", pair=key, position_id=p.id, order_link_id=o.order_link_id)
+            await _hold(ex, p)
+            return
+        if res.filled_qty > 0 and not any(u.action == "unwind" and u.leg == leg for u in p.orders):
+            late.append((leg, o.symbol, _opp(o.side), res.filled_qty))
+    if late:
+        await L.incident("half_open", "an entry order answered late (after its pair was being unwound): unwinding "
+                         + ", ".join(f"{q} {s}" for _, s, _, q in late), pair=key, position_id=p.id)
+        await L.write(ledger_sql.plan_orders, L.prefix, p.id, None,
+                      [(leg, "unwind", 0, sym, side, qty) for leg, sym, side, qty in late])
+    if await ex.drive_unwind(await L.write(ledger_sql.position, p.id), key):
         await L.write(ledger_sql.set_status, p.id, "unwound", "unwind completed at reconciliation")
         log.info("event=reconciled position=%d unwinding -> unwound", p.id)
         await _release(ex, p)
     else:
-        await L.incident("unwind_failed", f"position {p.id}: the unwind is still not done; retrying at the next "
-                         "reconciliation", pair=_key(p), position_id=p.id)
         await _hold(ex, p)
 
 

@@ -224,6 +224,51 @@ async def test_a_position_whose_data_stays_stale_is_flagged_not_closed(db: Any) 
     assert await _statuses(db) == [("AAA_USDT", "closed")]
 
 
+async def test_a_position_with_no_quote_since_start_is_flagged_after_stale_exit_s_not_at_once(db: Any) -> None:
+    await _reset(db)
+    await _bars(db, PAIRS)
+    await _pairs(db, [{"t1": "AAA", "t2": "BBB"}])
+    now = {"t": time.time()}
+    ex = await _executor(db, clock=lambda: now["t"], stale_exit_s=60)
+    await _feed(ex, _quotes("AAA", "BBB", live.ENTRY_SPREAD, now["t"]))
+    await ex.stop()
+    RUNNING.remove(ex)
+    venue = PaperExchange(_instruments(), D(1000), D("0.00055"), D(2))  # a restart: rebuilt from the ledger
+    again = Executor(db.pool, venue, ex.cfg, clock=lambda: now["t"])  # adopted, no quote yet
+    await again.start()
+    RUNNING.append(again)
+    again.flag_stale()
+    await again.drain()
+    assert await _incidents(db) == []  # not stale yet: no quote since start is not "infinitely old"
+    now["t"] += 61
+    again.flag_stale()
+    await again.drain()
+    assert await _incidents(db) == ["stale_position"]
+    await _feed(again, _quotes("AAA", "BBB", live.ENTRY_SPREAD, now["t"]))
+    again.flag_stale()  # fresh again: the flag is lifted, a later staleness is flagged anew
+    now["t"] += 61
+    again.flag_stale()
+    await again.drain()
+    assert await _incidents(db) == ["stale_position"] * 2
+
+
+async def test_a_removed_pair_listed_again_with_new_parameters_stays(db: Any) -> None:
+    await _reset(db)
+    await _bars(db, PAIRS)
+    await _pairs(db, [{"t1": "AAA", "t2": "BBB"}])
+    ex = await _executor(db)
+    await _feed(ex, _quotes("AAA", "BBB", live.ENTRY_SPREAD))
+    await _pairs(db, [])
+    await ex.reload_pairs()
+    assert ex.runners[("AAA", "BBB")].retiring
+    await _pairs(db, [{"t1": "AAA", "t2": "BBB", "thresh_in": 3.0}])
+    await ex.reload_pairs()
+    assert not ex.runners[("AAA", "BBB")].retiring and ("AAA", "BBB") in ex.pending_specs
+    await _feed(ex, _quotes("AAA", "BBB", live.EXIT_SPREAD))
+    r = ex.runners[("AAA", "BBB")]  # flat: kept, with the new parameters
+    assert r.spec.signal.thresh_high_in == 3.0 and r.position_id is None
+
+
 # ------------------------------------------------------------ bad input
 
 async def test_unknown_halted_and_refused_pairs_are_incidents_and_the_others_trade(db: Any) -> None:
@@ -243,6 +288,16 @@ async def test_unknown_halted_and_refused_pairs_are_incidents_and_the_others_tra
     assert await _statuses(db) == [("AAA_USDT", "open")]
     await ex.reload_pairs()  # the same bad rows are not reported twice
     assert await _incidents(db) == ["bad_pair"] * 3
+    # the venue resumes DDD: the next reload (NOTIFY re-reads the instruments) trades CCC/DDD
+    ex.exchange._instruments["DDDUSDT"] = dataclasses.replace(  # type: ignore[attr-defined]
+        ex.exchange._instruments["DDDUSDT"], status="Trading")  # type: ignore[attr-defined]
+    await ex.reload_pairs(refresh_instruments=True)
+    assert set(ex.runners) == {("AAA", "BBB"), ("CCC", "DDD")} and await _incidents(db) == ["bad_pair"] * 3
+    # a row fixed and broken again differently is reported anew
+    await _pairs(db, [{"t1": "AAA", "t2": "BBB"}, {"t1": "CCC", "t2": "DDD"},
+                      {"t1": "BBB", "t2": "DDD", "wind": 1}])
+    await ex.reload_pairs()
+    assert await _incidents(db) == ["bad_pair"] * 4
 
 
 async def test_qty_step_change_between_open_and_close_is_an_incident(db: Any) -> None:

@@ -32,7 +32,8 @@ instrument is the BTCUSDT entry of the fixture with its numbers replaced).
 
 Faults, set from the test thread: `reject_next_order(code, msg)`,
 `rate_limit_next(n)` (retCode 10006 with X-Bapi-Limit-* headers), `delay_create(s)`
-(the order is placed, the answer comes late: a client timeout), `delay_all(s)`,
+(the order is placed, the answer comes late: a client timeout), `arrive_late(s)` (the
+request reaches the venue late: unknown to lookups until then), `delay_all(s)`,
 `http_status_next(403, retry_after=None)` (the IP limit's bare HTTP answer, with a
 Retry-After header when given), `hold_next_orders(n)` (the next n orders are accepted
 and rest unfilled, status New, leavesQty = qty, until cancelled or `fill_held(link)`),
@@ -153,6 +154,8 @@ class FakeBybit:
         self._realtime_floor = 0  # index in _closed from which realtime knows closed orders
         self._create_delay = 0.0
         self._create_delay_count = 0
+        self._arrive_late = 0.0
+        self._arrive_late_count = 0
         self._delay_all = 0.0
         self._feed_paused = False
         self._seed = seed
@@ -321,6 +324,13 @@ class FakeBybit:
     def delay_create(self, seconds: float, count: int = 1) -> None:
         with self.lock:
             self._create_delay, self._create_delay_count = seconds, count
+
+    def arrive_late(self, seconds: float, count: int = 1) -> None:
+        """The next `count` create requests reach the matching engine `seconds` late: until
+        then the venue knows no such order (a lookup by orderLinkId finds nothing), then it
+        is placed as usual (a request the bot gave up on, still on its way)."""
+        with self.lock:
+            self._arrive_late, self._arrive_late_count = seconds, count
 
     def delay_all(self, seconds: float) -> None:
         self._delay_all = seconds
@@ -552,6 +562,11 @@ class FakeBybit:
             return err
         body = json.loads(payload)
         link = body.get("orderLinkId") or uuid.uuid4().hex
+        with self.lock:
+            late, self._arrive_late_count = ((self._arrive_late, self._arrive_late_count - 1)
+                                             if self._arrive_late_count > 0 else (0.0, 0))
+        if late:
+            await asyncio.sleep(late)
         with self.lock:
             if self._rejections:
                 code, msg = self._rejections.pop(0)

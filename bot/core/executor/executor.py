@@ -820,18 +820,29 @@ class Executor:
     async def _listen_once(self, conn: asyncpg.Connection, source: QuoteSource) -> None:
         """Follow NOTIFY pairs_changed on one connection until it is lost."""
         changed, lost = asyncio.Event(), asyncio.Event()
-        await conn.add_listener("pairs_changed", lambda *_: changed.set())
+
+        def on_notice(*_: Any) -> None:
+            changed.set()
+
+        await conn.add_listener("pairs_changed", on_notice)
         conn.add_termination_listener(lambda *_: lost.set())
         changed.set()  # a notice may have been missed while not listening
-        while not lost.is_set():
-            if changed.is_set():
-                changed.clear()
-                await self.reload_pairs(refresh_instruments=True)
-                await source.set_symbols(self.symbols)
-            try:
-                await asyncio.wait_for(changed.wait(), 5.0)
-            except TimeoutError:
-                await conn.fetchval("SELECT 1")
+        try:
+            while not lost.is_set():
+                if changed.is_set():
+                    changed.clear()
+                    await self.reload_pairs(refresh_instruments=True)
+                    await source.set_symbols(self.symbols)
+                try:
+                    await asyncio.wait_for(changed.wait(), 5.0)
+                except TimeoutError:
+                    await conn.fetchval("SELECT 1")
+        finally:
+            if not conn.is_closed():
+                try:
+                    await asyncio.wait_for(conn.remove_listener("pairs_changed", on_notice), 2.0)
+                except Exception:  # the connection is going away anyway
+                    pass
 
     async def _listen(self, source: QuoteSource, dsn: str | None) -> None:
         while True:

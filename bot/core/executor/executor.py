@@ -122,7 +122,6 @@ class Executor:
         self.tasks: set[asyncio.Task[None]] = set()
         self.stream_healthy: Callable[[], bool] = lambda: True
         self.stats: Counter[str] = Counter()
-        self.latencies: deque[float] = deque(maxlen=10_000)  # quote received -> order sent, seconds
         self._recv: dict[str, float] = {}
         self._lock_conn: asyncpg.Connection | None = None
         self._paper_liqs = 0
@@ -174,6 +173,12 @@ class Executor:
             await asyncio.wait(set(self.tasks), timeout=timeout_s)
             if timeout_s is not None:
                 break
+
+    @property
+    def latencies(self) -> deque[float]:
+        """Tick-to-order latency inside the bot, seconds: from the quote entering on_quote to
+        the first order of the flow it decided leaving for the venue (its ledger rows written)."""
+        return self.L.latencies
 
     @property
     def L(self) -> Ledger:  # noqa: N802
@@ -355,6 +360,7 @@ class Executor:
 
     async def on_quote(self, q: Quote) -> None:
         """One quote: a tick of every pair it belongs to."""
+        t0 = time.perf_counter()
         now = self.clock()
         self._recv[q.symbol] = q.received if q.received > 0 else now
         on_quote = getattr(self.exchange, "on_quote", None)
@@ -375,6 +381,7 @@ class Executor:
                               live_liquidation=not self.paper)
             if decision is None:
                 continue
+            decision.t0 = t0
             r.busy = True
             self.flow_gen[r.spec.key] += 1
             if isinstance(decision, Entry):
@@ -438,7 +445,6 @@ class Executor:
 
     async def _enter(self, r: PairRunner, e: Entry) -> None:
         spec, L = r.spec, self.L
-        t_decide = self._recv.get(e.quotes[0].symbol, self.clock())
         sides = _sides(e.side)
         order = self._leg_order((e.qty_1, e.qty_2), sides, e.quotes)
         syms = (spec.symbol_1, spec.symbol_2)
@@ -460,8 +466,7 @@ class Executor:
             self.exposed[s] = spec.name
         log.info("event=entry_intent pair=%s position=%d side=%d qty=%s/%s z=%.4f", spec.name, pid, e.side,
                  e.qty_1, e.qty_2, e.z)
-        first = await L.send_leg(orders[0], (pid, "orders_sent"))
-        self.latencies.append(self.clock() - t_decide)
+        first = await L.send_leg(orders[0], (pid, "orders_sent"), tick_t0=e.t0)
         if first.unresolved is not None:
             await self._hold(r, "leg_unresolved", f"leg {orders[0].leg} ({orders[0].symbol}) unresolved: "
                              f"{first.unresolved}; the pair is held until reconciliation", orders[0])
@@ -598,14 +603,14 @@ class Executor:
         pid = r.position_id
         assert pid is not None
         pos = await self.L.write(ledger_sql.position, pid)
-        done = await self._drive_close(pos, x.reason, x.z, x.quotes)
+        done = await self._drive_close(pos, x.reason, x.z, x.quotes, x.t0)
         if done is None:
             r.busy = False  # the machine keeps its pending close: the next fresh tick retries
             return
         await self._finish_close(r, pos, done, x.reason, x.z, x.ts)
 
-    async def _drive_close(self, pos: PositionRow, reason: int, z: float,
-                           quotes: tuple[Quote, Quote] | None) -> dict[int, list[Fill]] | None:
+    async def _drive_close(self, pos: PositionRow, reason: int, z: float, quotes: tuple[Quote, Quote] | None,
+                           tick_t0: float | None = None) -> dict[int, list[Fill]] | None:
         """Close both legs (reduceOnly, the position's quantities), resuming any close orders
         already written; the close fills per leg, or None when not done yet."""
         L = self.L
@@ -654,7 +659,8 @@ class Executor:
                                             [(leg, "close", attempt, syms[leg], _opposite(sides[leg - 1]), send_qty)],
                                             close_reason=reason, close_z=z)
                     closes.append(order)
-                res = await L.ensure_leg(order)
+                res = await L.ensure_leg(order, tick_t0)
+                tick_t0 = None  # the first order out only
                 order.status = "filled" if res.fill is not None and res.fill.qty > 0 else \
                     ("sent" if res.unresolved else "rejected" if res.rejected else "cancelled")
                 if res.fill is not None and res.fill.qty > 0:

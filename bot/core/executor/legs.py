@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -87,6 +88,7 @@ class Ledger:
         self.cfg = cfg
         self.db_ok = True
         self.db_failures = 0
+        self.latencies: deque[float] = deque(maxlen=100_000)  # quote in -> first order out, seconds
         self.unanswered: dict[str, float] = {}  # orderLinkId -> monotonic time its request went unanswered
 
     @property
@@ -137,12 +139,16 @@ class Ledger:
 
     # ------------------------------------------------------------ one order
 
-    async def send_leg(self, order: OrderRow, position_status: tuple[int, str] | None = None) -> LegResult:
+    async def send_leg(self, order: OrderRow, position_status: tuple[int, str] | None = None, *,
+                       tick_t0: float | None = None) -> LegResult:
         """Write `sent` (and the position's status, e.g. orders_sent, in the same
-        transaction), then place the order and record what the venue says."""
+        transaction), then place the order and record what the venue says. `tick_t0`: the
+        perf_counter() of the quote that decided it (tick-to-order latency, `latencies`)."""
         await self.write(positions.mark_sent, order.order_link_id, position_status)
         order.status = "sent"  # the in-memory row follows the ledger: a lookup must now cancel, not assume
         req = OrderRequest(order.symbol, order.side, order.qty, order.order_link_id, order.reduce_only)  # type: ignore[arg-type]
+        if tick_t0 is not None:
+            self.latencies.append(time.perf_counter() - tick_t0)
         log.info("event=order_sent position=%d link=%s symbol=%s side=%s qty=%s reduce_only=%s", order.position_id,
                  order.order_link_id, order.symbol, order.side, order.qty, order.reduce_only)
         try:
@@ -207,12 +213,12 @@ class Ledger:
             return LegResult(order, unresolved=f"{why}; still {state.status} at the venue")
         return await self._filled(order, state)
 
-    async def ensure_leg(self, order: OrderRow) -> LegResult:
+    async def ensure_leg(self, order: OrderRow, tick_t0: float | None = None) -> LegResult:
         """Drive a reduceOnly order (close, unwind) to an outcome: a planned one is sent;
         a sent one is looked up and, when the venue does not know it, sent again with the
         SAME orderLinkId (a late first copy then fails as a duplicate)."""
         if order.status == "planned":
-            return await self.send_leg(order)
+            return await self.send_leg(order, tick_t0=tick_t0)
         if order.status == "sent":
             res = await self.resolve_leg(order, cancel=True, why="resumed", unknown_final=True)
             if res.fill is not None and res.fill.status == UNKNOWN:

@@ -78,7 +78,7 @@ class PairSpec:
         return f"{self.token_1}/{self.token_2}"
 
 
-@dataclass(frozen=True)
+@dataclass
 class Entry:
     """An entry to place: side (1 long spread, 2 short), quantities (exact decimals of
     the multiples of qtyStep `open_trade` sized), the tick's prices and z."""
@@ -89,14 +89,16 @@ class Entry:
     ts: float
     z: float
     quotes: tuple[Quote, Quote]
+    t0: float | None = None  # perf_counter() of the quote that decided it (set by the executor)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Exit:
     reason: int  # 1 exit, 2 stop-loss, 4 liquidation (the protective close of the rule)
     ts: float
     z: float
     quotes: tuple[Quote, Quote]
+    t0: float | None = None
 
 
 def _exact(q: float, step: float) -> Decimal:

@@ -46,7 +46,7 @@ from bot.core.db.market import copy_bars  # noqa: E402
 from bot.core.db.scratch import scratch_database, scratch_server  # noqa: E402
 from bot.core.exchange.bybit import BybitExchange, RetryPolicy  # noqa: E402
 from bot.core.exchange.interface import Instrument, Quote  # noqa: E402
-from bot.core.exchange.paper import PaperExchange  # noqa: E402
+from bot.core.exchange.paper import FILLS_KEPT, PaperExchange  # noqa: E402
 from bot.core.executor.executor import Executor  # noqa: E402
 from bot.core.executor.pair import PairRunner  # noqa: E402
 
@@ -337,6 +337,8 @@ async def main(args: argparse.Namespace) -> None:
               f"{mem['trades']} trades written): RSS "
               + ", ".join(f"{n // 1000}k {mb:.0f} MB" for n, mb in s)
               + f"; growth from 20 % to the end {s[-1][1] - base:+.1f} MB ({100 * (s[-1][1] - base) / base:+.1f} %), "
+              f"over the second half {s[-1][1] - s[len(s) // 2 - 1][1]:+.1f} MB (bounded: the paper venue keeps "
+              f"{FILLS_KEPT} fills, the executor its last 1000 trades), "
               f"max RSS {mem['maxrss_mb']:.0f} MB", flush=True)
 
 

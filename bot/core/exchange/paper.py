@@ -41,6 +41,8 @@ from bot.core.exchange.interface import (
 )
 from bot.core.exchange.rounding import round_qty
 
+FILLS_KEPT = 2_000  # fills order_status still answers (orderLinkIds never repeat; older ones: the ledger)
+
 
 @dataclass(frozen=True)
 class PairLiquidation:
@@ -59,7 +61,7 @@ class PaperExchange:
         self._quotes: dict[str, Quote] = {}
         self._positions: dict[str, Decimal] = {}
         self._entry_value: dict[str, Decimal] = {}
-        self._fills: dict[str, Fill] = {}
+        self._fills: dict[str, Fill] = {}  # the latest FILLS_KEPT, by orderLinkId (the ledger holds them all)
         self.balance = Decimal(balance)
         self.fee_rate = Decimal(fee_rate)
         self._leverage: dict[str, Decimal] = dict.fromkeys(self._instruments, Decimal(leverage))
@@ -213,6 +215,8 @@ class PaperExchange:
         self.balance -= fee
         fill = Fill(link_id, symbol, side, qty, price, fee, quote.ts)
         self._fills[link_id] = fill
+        if len(self._fills) > FILLS_KEPT:  # bounded memory over a long run, as Bybit's realtime orders
+            del self._fills[next(iter(self._fills))]
         return fill
 
     async def cancel_order(self, symbol: str, order_link_id: str) -> bool:

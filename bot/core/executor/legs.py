@@ -88,7 +88,7 @@ class Ledger:
         self.cfg = cfg
         self.db_ok = True
         self.db_failures = 0
-        self.latencies: deque[float] = deque(maxlen=100_000)  # quote in -> first order out, seconds
+        self.latencies: deque[float] = deque(maxlen=10_000)  # quote in -> first order out, seconds
         self.unanswered: dict[str, float] = {}  # orderLinkId -> monotonic time its request went unanswered
 
     @property

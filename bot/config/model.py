@@ -241,6 +241,15 @@ class PathsConfig(_Section):
     logs_dir: str = "logs"
 
 
+class ServiceConfig(_Section):
+    """`bot run` (service.md "Service and deploy"; docs/service.md)."""
+
+    shutdown_timeout_s: float = Field(30.0, gt=0, description="SIGTERM: in-flight orders get this long to resolve")
+    heartbeat_s: float = Field(10.0, gt=0, description="service_runs heartbeat and the STATUS= line, seconds")
+    db_check_s: float = Field(5.0, gt=0, description="the watchdog's database probe period, seconds")
+    max_loop_lag_s: float = Field(5.0, gt=0, description="event-loop lag above which WATCHDOG=1 is withheld")
+
+
 class BotConfig(_Section):
     """The whole config.yaml."""
 
@@ -255,3 +264,4 @@ class BotConfig(_Section):
     data: DataConfig = DataConfig()
     compute: ComputeConfig = ComputeConfig()
     paths: PathsConfig = PathsConfig()
+    service: ServiceConfig = ServiceConfig()

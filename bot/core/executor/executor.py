@@ -43,12 +43,16 @@ from bot.core.executor.pair import Entry, Exit, PairRunner, PairSpec
 
 log = logging.getLogger("bot.executor")
 
-EXECUTOR_LOCK = 0x626F745F657865  # "bot_exe": one executor per database
+EXECUTOR_LOCK = 0x626F7465  # "bote": with hashtext(mode), one executor per database and mode (a replay runs beside)
 REDUCE_ONLY_NOTHING = 110017  # reduce-only rejected: the venue holds nothing to reduce
 
 
 class ReconcileError(RuntimeError):
     """Reconciliation could not be done (the venue did not answer): do not trade."""
+
+
+class ExecutorBusy(RuntimeError):
+    """Another executor of this mode trades from this database."""
 
 
 class QuoteSource(Protocol):
@@ -131,6 +135,7 @@ class Executor:
         self.bad_reported: dict[tuple[str, str], str] = {}
         self.started_at = math.nan
         self._reload_lock = asyncio.Lock()
+        self.accepting = True  # False once a stop began: no new order flow starts
         self._reconcile_lock = asyncio.Lock()
 
     # ------------------------------------------------------------ start
@@ -139,10 +144,12 @@ class Executor:
         """Lock, prefix, instruments, balance, pairs, then reconcile before trading (a venue
         that does not answer is ReconcileError: a failed position query is not 'flat')."""
         self._lock_conn = await self.pool.acquire()
-        if not await self._lock_conn.fetchval("SELECT pg_try_advisory_lock($1)", EXECUTOR_LOCK):
+        if not await self._lock_conn.fetchval("SELECT pg_try_advisory_lock($1::int, hashtext($2))", EXECUTOR_LOCK,
+                                              self.mode):
             await self.pool.release(self._lock_conn)
             self._lock_conn = None
-            raise RuntimeError("another executor holds this database's executor lock: one executor per database")
+            raise ExecutorBusy(f"another executor holds this database's {self.mode} executor lock: one executor per "
+                               "database and mode")
         prefix = await self._lock_conn.fetchval("SELECT link_prefix FROM installation")
         self.ledger = Ledger(self.pool, self.exchange, str(prefix), self.mode, self.ecfg)
         try:
@@ -161,7 +168,8 @@ class Executor:
         await self.drain(timeout_s)
         if self._lock_conn is not None:
             try:
-                await self._lock_conn.execute("SELECT pg_advisory_unlock($1)", EXECUTOR_LOCK)
+                await self._lock_conn.execute("SELECT pg_advisory_unlock($1::int, hashtext($2))", EXECUTOR_LOCK,
+                                              self.mode)
             except DB_ERRORS:
                 pass
             await self.pool.release(self._lock_conn)
@@ -360,16 +368,29 @@ class Executor:
 
     async def on_quote(self, q: Quote) -> None:
         """One quote: a tick of every pair it belongs to."""
+        await self.on_quotes((q,))
+
+    async def on_quotes(self, batch: tuple[Quote, ...] | list[Quote]) -> None:
+        """Quotes of one instant (a replay's grid time; live: one quote): all applied first,
+        then one tick of every pair they touch, so two legs stamped alike make one tick (as
+        the backtester's ts-aligned ticks)."""
         t0 = time.perf_counter()
         now = self.clock()
-        self._recv[q.symbol] = q.received if q.received > 0 else now
         on_quote = getattr(self.exchange, "on_quote", None)
-        if on_quote is not None:  # the paper venue sees the book first (and may liquidate)
-            on_quote(q)
+        touched: dict[tuple[str, str], PairRunner] = {}
+        for q in batch:
+            self._recv[q.symbol] = q.received if q.received > 0 else now
+            if on_quote is not None:  # the paper venue sees the book first (and may liquidate)
+                on_quote(q)
+            self.stats["quotes"] += 1
+            for r in self.runners.values():
+                if r.on_quote(q):
+                    touched.setdefault(r.spec.key, r)
+        if on_quote is not None:
             self._paper_liquidations()
-        self.stats["quotes"] += 1
-        for r in list(self.runners.values()):
-            if not r.on_quote(q):
+        q = batch[-1]
+        for r in list(touched.values()):
+            if self.runners.get(r.spec.key) is not r:
                 continue
             if r.adopt_pending is not None:
                 from bot.core.executor.reconcile import adopt_orphan_now
@@ -377,8 +398,8 @@ class Executor:
                 await adopt_orphan_now(self, r)
             fresh = self._fresh(r.spec.symbol_1, now) and self._fresh(r.spec.symbol_2, now)
             self.stats["ticks"] += 1
-            decision = r.tick(q.ts, float(self.balance), fresh, self._entry_block(r, now) if fresh else "stale",
-                              live_liquidation=not self.paper)
+            decision = r.tick(q.ts, float(self.balance), fresh and self.accepting,
+                              self._entry_block(r, now) if fresh else "stale", live_liquidation=not self.paper)
             if decision is None:
                 continue
             decision.t0 = t0

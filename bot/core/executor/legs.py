@@ -135,7 +135,7 @@ class Ledger:
                   order_link_id or "-", message)
         return await self.write(incidents.record, kind, message, token_1=f"{t1}_USDT" if t1 else None,
                                 token_2=f"{t2}_USDT" if t2 else None, position_id=position_id,
-                                order_link_id=order_link_id, details=details)
+                                order_link_id=order_link_id, details=details, mode=self.mode)
 
     # ------------------------------------------------------------ one order
 

@@ -30,7 +30,14 @@ def _setup_logging(verbose: int) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bot.cli import backtest_cmd, data_cmds, model_cmds, research_cmds, selection_cmds
+    from bot.cli import (
+        backtest_cmd,
+        data_cmds,
+        model_cmds,
+        research_cmds,
+        selection_cmds,
+        service_cmds,
+    )
 
     parser = argparse.ArgumentParser(prog="bot", description="Pairs-trading bot for Bybit USDT perpetuals")
     parser.add_argument("--config", metavar="PATH", help="config.yaml (else $BOT_CONFIG, ./config.yaml, the example)")
@@ -51,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     research_cmds.register(sub)
     model_cmds.register(sub)
     selection_cmds.register(sub)
+    service_cmds.register(sub)
     return parser
 
 

@@ -37,3 +37,7 @@ async def latest(conn: Any, replays: bool = False) -> dict[str, Any] | None:
         "SELECT id, started_at, ready_at, stopped_at, heartbeat_at, pid, host, mode, stop_reason, exit_code, balance,"
         " status FROM service_runs WHERE (mode LIKE 'replay-%') = $1 ORDER BY id DESC LIMIT 1", replays)
     return dict(row) if row is not None else None
+
+
+async def set_mode(conn: Any, run_id: int, mode: str) -> None:
+    await conn.execute("UPDATE service_runs SET mode = $2 WHERE id = $1", run_id, mode)

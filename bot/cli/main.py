@@ -133,6 +133,11 @@ def run_command(func: Callable[[argparse.Namespace, Any], int], args: argparse.N
 
 
 def main(argv: list[str] | None = None) -> int:
+    import faulthandler
+    import signal
+
+    if hasattr(signal, "SIGUSR2"):  # `kill -USR2 <pid>`: every thread's stack to stderr (a hung service)
+        faulthandler.register(signal.SIGUSR2, all_threads=True)
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)

@@ -31,6 +31,7 @@ class Notifier:
         self.watchdog_s: float | None = int(usec) / 1e6 if usec and usec.isdigit() and int(usec) > 0 and mine \
             else None
         self._sock: socket.socket | None = None
+        self._failing = False
         self.sent: list[str] = []  # the last messages (for `bot status` and tests of the service)
 
     @property
@@ -47,11 +48,16 @@ class Notifier:
             return False
         try:
             if self._sock is None:
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                # non-blocking: a reader that does not read (a full queue) must never stall the event loop
+                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
             self._sock.sendto(message.encode(), self.address)
-        except OSError as e:  # systemd gone or the socket unwritable: never fatal
-            log.warning("event=sd_notify_failed %s: %s", type(e).__name__, e)
+        except OSError as e:  # systemd gone, the socket unwritable or full: dropped, never fatal
+            if not self._failing:
+                log.warning("event=sd_notify_failed %s: %s (further failures not logged until one succeeds)",
+                            type(e).__name__, e)
+            self._failing = True
             return False
+        self._failing = False
         self.sent = [*self.sent[-49:], message]
         return True
 

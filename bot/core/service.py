@@ -386,6 +386,8 @@ class Service:
                       "recorder": {"written": self.recorder.stats.written, "buffered": self.recorder.buffered,
                                    "dropped": self.recorder.stats.dropped},
                       "executor_queue_dropped": self._exec_source.dropped, "reloads": self.reloads,
+                      "skips": {r.spec.name: dict(r.skips) for r in ex.runners.values() if r.skips},
+                      "last_z": {r.spec.name: r.last_z for r in ex.runners.values() if r.last_z == r.last_z},
                       "reloads_refused": self.reload_refused}
             try:
                 async with asyncio.timeout(5):

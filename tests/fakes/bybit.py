@@ -99,6 +99,7 @@ class Market:
     min_notional: str = "5"
     max_mkt_qty: str = "1000000"
     listed_ms: int = 0  # klines exist from here on
+    resnapshot: bool = False  # set_book moved it: the next feed message is a snapshot
     bid: Decimal = Decimal(0)
     ask: Decimal = Decimal(0)
     bid_size: Decimal = Decimal("10")
@@ -334,6 +335,14 @@ class FakeBybit:
 
     def delay_all(self, seconds: float) -> None:
         self._delay_all = seconds
+
+    def set_book(self, symbol: str, bid: Decimal, ask: Decimal) -> None:
+        """Move a book to bid/ask at once (a price jump); the next feed message of the symbol is
+        a snapshot, then it walks on from there. Orders fill at the new book right away."""
+        with self.lock:
+            m = self.state.markets[symbol]
+            m.bid, m.ask = bid, ask
+            m.resnapshot = True
 
     def pause_feed(self, paused: bool = True) -> None:
         self._feed_paused = paused
@@ -875,8 +884,12 @@ class FakeBybit:
                 if m is None:
                     continue
                 with self.lock:
-                    old = self._move(m)
-                    msg = self._book_message(m, "delta", old)
+                    if m.resnapshot:  # the test moved the book (set_book): a snapshot resets the client's
+                        m.resnapshot = False
+                        msg = self._book_message(m, "snapshot")
+                    else:
+                        old = self._move(m)
+                        msg = self._book_message(m, "delta", old)
                 for ws in clients:
                     await self._send(ws, msg)
 

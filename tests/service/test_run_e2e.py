@@ -1,0 +1,217 @@
+"""`bot run` end to end: a child process against the loopback Bybit fake (REST + websocket)
+and a real Postgres, under a NOTIFY_SOCKET the test listens on (as systemd would).
+
+Paper mode: it signals READY=1 after reconciliation and WATCHDOG=1 while healthy, records
+quotes, opens and closes a pair trade on a spread the test moves at the fake, answers SIGHUP
+with a broken config.yaml by keeping the old one, and exits 0 on SIGTERM within the bound
+with no half-written rows. Live mode (signed requests to the fake): SIGKILL with a position
+open, a restart adopts it, nothing is opened twice, the exit closes it at the venue."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from decimal import Decimal as D
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.executor import live
+from tests.fakes.bybit import FakeBybit, Market
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _config(fake: FakeBybit, mode: str) -> str:
+    return f"""
+strategy: {{tf: 1h, wind: {len(live.SPREADS)}, spr_method: dist, median_length: 1, thresh_in: 2.0, thresh_out: 0.5,
+  balance: 1000.0, order_size: 50.0, min_order_size: 0.0, leverage: 2.0, fee_rate: 0.00055, sl_std: 50.0,
+  sl_dist: null, sl_seconds: 0.0, maintenance_margin_rate: 0.01}}
+exchange: {{mode: {mode}, base_url: "{fake.http_url}", ws_public_url: "{fake.public_ws_url}", http_timeout_s: 3.0,
+  max_attempts: 2, stale_stream_s: 5.0}}
+executor: {{leg_timeout_s: 3.0, incident_cooldown_s: 600, reconcile_every_s: 3600, db_retry_s: 0.2}}
+data: {{quote_interval_s: 1.0}}
+service: {{shutdown_timeout_s: 10, heartbeat_s: 1, db_check_s: 1}}
+"""
+
+
+class Notify:
+    """The test's NOTIFY_SOCKET: every datagram the child sends, with its arrival time."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.setblocking(False)
+        self.got: list[tuple[float, str]] = []
+        self.task = asyncio.get_running_loop().create_task(self._pump())
+
+    async def _pump(self) -> None:  # read as systemd does, all the time
+        while True:
+            self.drain()
+            await asyncio.sleep(0.05)
+
+    def drain(self) -> list[str]:
+        while True:
+            try:
+                self.got.append((time.monotonic(), self.sock.recv(4096).decode()))
+            except BlockingIOError:
+                return [m for _, m in self.got]
+
+    async def wait_for(self, text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(text in m for m in self.drain()):
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"no {text!r} within {timeout} s; got {self.drain()[-10:]}")
+
+
+def _spawn(cfg_file: Path, dsn: str, notify: Notify, log: Path, mode: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "BOT_DATABASE_DSN": dsn, "NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "1000000",
+           "PYTHONUNBUFFERED": "1"}
+    env.pop("WATCHDOG_PID", None)
+    if mode == "live":
+        env.update({"BYBIT_API_KEY": live.KEY, "BYBIT_API_SECRET": live.SECRET})
+    return subprocess.Popen([sys.executable, "-m", "bot.cli.main", "-v", "--config", str(cfg_file), "run"],
+                            cwd=REPO, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+
+
+def _set_spread(fake: FakeBybit, spread: float) -> None:
+    """Move AAA so that log(mid_AAA / mid_BBB) = spread (BBB held at 1.0); the feed pushes it."""
+    tick = D("0.0001")
+    mid = D(repr(round(math.exp(spread), 4)))
+    fake.set_book(live.S2, D("0.9999"), D("1.0001"))
+    fake.set_book(live.S1, mid - tick, mid + tick)
+
+
+async def _wait(db: Any, query: str, want: Any, timeout: float, proc: subprocess.Popen[bytes], log: Path) -> Any:
+    deadline = time.monotonic() + timeout
+    got = None
+    while time.monotonic() < deadline:
+        async with db.pool.acquire() as conn:
+            got = await conn.fetchval(query)
+        if got == want:
+            return got
+        if proc.poll() is not None:
+            raise AssertionError(f"the service exited {proc.returncode}: {log.read_text()[-3000:]}")
+        await asyncio.sleep(0.2)
+    async with db.pool.acquire() as conn:
+        beat = await conn.fetchval("SELECT status FROM service_runs ORDER BY id DESC LIMIT 1")
+    proc.send_signal(signal.SIGUSR2)  # the stacks of a stuck service, into its log
+    await asyncio.sleep(1)
+    raise AssertionError(f"{query!r}: {got!r} != {want!r} after {timeout} s; heartbeat {beat}; "
+                         f"log: {log.read_text()[-8000:]}")
+
+
+def _markets() -> list[Market]:
+    return [*live.markets(), *(Market(f"{s}USDT", 100.0, "0.001", "0.01", "0.001", "5") for s in ("BTC", "ETH", "SOL"))]
+
+
+async def _prepare(db: Any) -> None:
+    async with db.pool.acquire() as conn:
+        await conn.execute("TRUNCATE trades, orders, incidents, positions, pairs, service_runs, quotes RESTART "
+                           "IDENTITY CASCADE")
+        await live.pairs_row(conn)  # the row the re-selection job writes (token_1/2, tf, wind, thresholds, methods)
+    await live.store_bars(db)
+
+
+async def _stop_quietly(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
+
+
+async def test_bot_run_paper_trades_reloads_and_stops_cleanly(db: Any, tmp_path: Path) -> None:
+    with FakeBybit(_markets(), api_key=live.KEY, api_secret=live.SECRET, feed_rate=5.0) as fake:
+        await _prepare(db)
+        _set_spread(fake, live.EXIT_SPREAD)
+        cfg_file = tmp_path / "config.yaml"
+        cfg_file.write_text(_config(fake, "paper"))
+        notify, log = Notify(tmp_path / "notify.sock"), tmp_path / "bot.log"
+        t0 = time.monotonic()
+        proc = _spawn(cfg_file, db.dsn, notify, log, "paper")
+        try:
+            await notify.wait_for("READY=1", 90)
+            ready_s = time.monotonic() - t0
+            await _wait(db, "SELECT count(*) > 0 FROM quotes WHERE symbol = 'AAAUSDT'", True, 30, proc, log)
+            _set_spread(fake, live.ENTRY_SPREAD)  # z 3.8: the short-spread entry
+            await _wait(db, "SELECT status FROM positions ORDER BY id DESC LIMIT 1", "open", 30, proc, log)
+            # SIGHUP with a broken file: refused, every problem logged, the old config kept, still trading
+            cfg_file.write_text(_config(fake, "paper").replace("thresh_in: 2.0", "thresh_in: -1") + "nonsense: 1\n")
+            proc.send_signal(signal.SIGHUP)
+            await asyncio.sleep(1.5)
+            assert proc.poll() is None
+            text = log.read_text()
+            assert "event=config_reload_refused problems=2" in text, text[-2000:]
+            assert "nonsense" in text and "thresh_in" in text
+            n_before = len([m for m in notify.drain() if m == "WATCHDOG=1"])
+            await asyncio.sleep(1.5)
+            assert len([m for m in notify.drain() if m == "WATCHDOG=1"]) >= n_before + 2  # pinging while healthy
+            _set_spread(fake, live.EXIT_SPREAD)  # z 0: its exit, by the old (kept) thresholds
+            await _wait(db, "SELECT count(*) FROM trades", 1, 30, proc, log)
+            _set_spread(fake, live.ENTRY_SPREAD)  # a new entry...
+            await _wait(db, "SELECT count(*) FROM positions WHERE status = 'open'", 1, 30, proc, log)
+            t_term = time.monotonic()
+            proc.send_signal(signal.SIGTERM)  # ...stays open through the stop
+            code = proc.wait(30)
+            stop_s = time.monotonic() - t_term
+        finally:
+            await _stop_quietly(proc)
+        assert code == 0, log.read_text()[-3000:]
+        assert stop_s < 10 + 5, stop_s
+        msgs = notify.drain()
+        assert any(m.startswith("STOPPING=1") for m in msgs)
+        async with db.pool.acquire() as conn:
+            statuses = [r["status"] for r in await conn.fetch("SELECT status FROM positions ORDER BY id")]
+            loose = await conn.fetchval("SELECT count(*) FROM orders WHERE status IN ('planned', 'sent')")
+            run = await conn.fetchrow("SELECT ready_at, stopped_at, stop_reason, exit_code FROM service_runs"
+                                      " ORDER BY id DESC LIMIT 1")
+            trade = await conn.fetchrow("SELECT reason, pos_side FROM trades")
+        assert statuses == ["closed", "open"] and loose == 0  # the open one stays open: adopted at the next start
+        assert run["ready_at"] is not None and run["stop_reason"] == "SIGTERM" and run["exit_code"] == 0
+        assert (trade["reason"], trade["pos_side"]) == (1, 2)
+        print(f"\nstart to READY {ready_s:.1f} s (1 pair), stop on SIGTERM {stop_s:.2f} s")
+
+
+async def test_bot_run_live_sigkill_with_a_position_open_is_adopted_at_restart(db: Any, tmp_path: Path) -> None:
+    with FakeBybit(_markets(), api_key=live.KEY, api_secret=live.SECRET, feed_rate=5.0) as fake:
+        await _prepare(db)
+        _set_spread(fake, live.EXIT_SPREAD)
+        cfg_file = tmp_path / "config.yaml"
+        cfg_file.write_text(_config(fake, "live"))
+        notify, log = Notify(tmp_path / "notify.sock"), tmp_path / "bot.log"
+        proc = _spawn(cfg_file, db.dsn, notify, log, "live")
+        try:
+            await notify.wait_for("READY=1", 90)
+            _set_spread(fake, live.ENTRY_SPREAD)
+            await _wait(db, "SELECT status FROM positions ORDER BY id DESC LIMIT 1", "open", 30, proc, log)
+            proc.kill()  # SIGKILL mid-trade
+            proc.wait(10)
+            venue = {s: q for s, q in fake.state.positions.items() if q != 0}
+            assert set(venue) == {live.S1, live.S2}
+            notify.got.clear()
+            proc = _spawn(cfg_file, db.dsn, notify, log, "live")
+            await notify.wait_for("READY=1", 90)
+            assert "event=position_adopted" in log.read_text()
+            await asyncio.sleep(1.0)  # still the entry signal: nothing is opened twice
+            async with db.pool.acquire() as conn:
+                assert await conn.fetchval("SELECT count(*) FROM positions") == 1
+            assert fake.orders_created == 2
+            _set_spread(fake, live.EXIT_SPREAD)
+            await _wait(db, "SELECT count(*) FROM trades", 1, 30, proc, log)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
+        finally:
+            await _stop_quietly(proc)
+        assert {s: q for s, q in fake.state.positions.items() if q != 0} == {}
+        async with db.pool.acquire() as conn:
+            assert await conn.fetchval("SELECT count(*) FROM incidents") == 0

@@ -34,30 +34,33 @@ def _f(x: Any) -> Any:
 
 
 async def current_z(pool: Any, row: dict[str, Any], cfg: BotConfig, now: float) -> tuple[float, dict[str, Any]]:
-    """(z, {symbol: latest quote row}) of a pairs (or position params) row as of `now`."""
+    """(z, {symbol: latest quote row}) of a pairs (or position params) row: the tick of both
+    legs' latest quotes at or before `now`, after the warm-up the executor does at start
+    (the W bars before that tick's bar and the median_length - 1 ticks before it)."""
     from bot.core.executor.executor import _warm_data, spec_from_row, spec_tf_s
     from bot.core.executor.pair import PairRunner
 
     spec = spec_from_row(row, cfg)
     tf_s = spec_tf_s(spec)
-    bar_now = math.floor(now / tf_s) * tf_s
+    latest = {}
     async with pool.acquire() as conn:
-        bars, ticks = await _warm_data(pool, spec, bar_now, tf_s, now)
-        latest = {}
         for sym in (spec.symbol_1, spec.symbol_2):
-            q = await conn.fetchrow("SELECT ts, bid_price, ask_price FROM quotes WHERE symbol = $1 AND ts <= "
-                                    "to_timestamp($2) ORDER BY ts DESC LIMIT 1", sym, now)
+            q = await conn.fetchrow("SELECT extract(epoch FROM ts)::float8 AS ts, bid_price, ask_price FROM quotes"
+                                    " WHERE symbol = $1 AND ts <= to_timestamp($2) ORDER BY ts DESC LIMIT 1", sym, now)
             if q is not None:
                 latest[sym] = dict(q)
-    z = math.nan
-    if ticks:
-        from bot.analysis.backtesting import SizingParams
+    if len(latest) < 2:
+        return math.nan, latest
+    q1, q2 = latest[spec.symbol_1], latest[spec.symbol_2]
+    t = max(q1["ts"], q2["ts"])
+    bars, ticks = await _warm_data(pool, spec, math.floor(t / tf_s) * tf_s, tf_s, t)
+    from bot.analysis.backtesting import SizingParams
 
-        r = PairRunner(spec, SizingParams(1.0, 1.0, 0.0, 1.0, "usdt_neutral", 1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0,
-                                          0.0, 0.0, None))
-        r.warm(bars, ticks[:-1])
-        ts, m1, m2 = ticks[-1]
-        z = r.zs.on_tick(ts, m1, m2)
+    r = PairRunner(spec, SizingParams(1.0, 1.0, 0.0, 1.0, "usdt_neutral", 1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0,
+                                      None))
+    r.warm(bars, ticks)
+    z = r.zs.on_tick(t, (float(q1["bid_price"]) + float(q1["ask_price"])) / 2,
+                     (float(q2["bid_price"]) + float(q2["ask_price"])) / 2)
     return z, latest
 
 
@@ -101,7 +104,7 @@ async def gather(db: Any, cfg: BotConfig, now: dt.datetime | None = None) -> dic
         balance_src = "strategy.balance + closed paper profits"
     positions = []
     for p in active:
-        z, latest = math.nan, {}
+        z, latest = math.nan, dict[str, Any]()
         try:
             z, latest = await current_z(pool, {**p.params, "token_1": p.token_1, "token_2": p.token_2}, cfg,
                                         now.timestamp())

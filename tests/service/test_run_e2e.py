@@ -215,3 +215,54 @@ async def test_bot_run_live_sigkill_with_a_position_open_is_adopted_at_restart(d
         assert {s: q for s, q in fake.state.positions.items() if q != 0} == {}
         async with db.pool.acquire() as conn:
             assert await conn.fetchval("SELECT count(*) FROM incidents") == 0
+
+
+class _Db:
+    def __init__(self, pool: Any, dsn: str) -> None:
+        self.pool, self.dsn = pool, dsn
+
+
+async def test_no_watchdog_while_the_database_is_down(tmp_path: Path) -> None:
+    """An embedded PostgreSQL the test stops: WATCHDOG=1 stops (systemd would restart the
+    service), the STATUS line says why, and the pings resume once the server is back."""
+    import asyncpg
+
+    from bot.core.db.migrate import migrate
+    from bot.core.db.pool import EmbeddedPostgres, create_pool
+
+    server = EmbeddedPostgres(tmp_path / "pgdata")
+    dsn = server.start()
+    proc = None
+    try:
+        conn = await asyncpg.connect(dsn)
+        await migrate(conn)
+        await conn.close()
+        pool = await create_pool(dsn, 1, 2)
+        db = _Db(pool, dsn)
+        with FakeBybit(_markets(), api_key=live.KEY, api_secret=live.SECRET, feed_rate=5.0) as fake:
+            await _prepare(db)
+            await pool.close()
+            cfg_file = tmp_path / "config.yaml"
+            cfg_file.write_text(_config(fake, "paper"))
+            notify, log = Notify(tmp_path / "notify.sock"), tmp_path / "bot.log"
+            proc = _spawn(cfg_file, dsn, notify, log, "paper")
+            await notify.wait_for("READY=1", 90)
+            await asyncio.sleep(1.5)
+            assert notify.drain().count("WATCHDOG=1") >= 2
+            await asyncio.to_thread(server.stop)
+            await asyncio.sleep(3.0)  # the probe (db_check_s 1) notices
+            n_down = notify.drain().count("WATCHDOG=1")
+            await asyncio.sleep(3.0)
+            msgs = notify.drain()
+            assert msgs.count("WATCHDOG=1") == n_down, "no WATCHDOG=1 while the database is down"
+            assert any(m.startswith("STATUS=unhealthy: database down") for m in msgs), msgs[-5:]
+            assert proc.poll() is None  # the outage is survived, not fatal
+            await asyncio.to_thread(server.start)
+            await asyncio.sleep(4.0)
+            assert notify.drain().count("WATCHDOG=1") > n_down  # resumed
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0, log.read_text()[-3000:]
+    finally:
+        if proc is not None:
+            await _stop_quietly(proc)
+        server.stop()

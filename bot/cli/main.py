@@ -21,12 +21,20 @@ log = logging.getLogger("bot")
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
-def _setup_logging(verbose: int) -> None:
-    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose == 1 else logging.WARNING
-    logging.basicConfig(
-        level=level, stream=sys.stderr,
-        format="%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s",
-    )
+def _setup_logging(verbose: int, service: bool = False) -> None:
+    """One line per event: `<time> level=.. logger=.. msg=event=.. key=value ...`. The service
+    (`bot run`) logs INFO and up to stdout (journald); other commands WARNING to stderr (-v
+    INFO, -vv DEBUG). Known secrets are masked in every record (SecretMaskFilter)."""
+    from bot.config.secrets import SecretMaskFilter
+
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose == 1 or service else logging.WARNING
+    handler = logging.StreamHandler(sys.stdout if service else sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s"))
+    handler.addFilter(SecretMaskFilter())  # type: ignore[arg-type]
+    logging.basicConfig(level=level, handlers=[handler])
+    if verbose < 2:  # third-party chatter (APScheduler's every run, pybit's connects) above INFO unless -vv
+        for name in ("apscheduler", "pybit", "websocket"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         faulthandler.register(signal.SIGUSR2, all_threads=True)
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.verbose)
+    _setup_logging(args.verbose, service=args.command == "run")
     return run_command(args.func, args)
 
 

@@ -44,3 +44,31 @@ class Secret:
 def env_secret(name: str) -> Secret | None:
     raw = os.environ.get(name)
     return Secret(raw) if raw else None
+
+
+class SecretMaskFilter:
+    """A logging filter that replaces every known secret value (the API key and secret named by
+    the config's env variables, a DSN password) in a record's message with `***`. pybit logs
+    request headers, the API key among them, at DEBUG: with this filter on the handler a
+    secret never reaches the log, whatever the level."""
+
+    def __init__(self, names: tuple[str, ...] = ("BYBIT_API_KEY", "BYBIT_API_SECRET"), extra: tuple[str, ...] = ()):
+        vals = [os.environ.get(n) or "" for n in names] + list(extra)
+        dsn = os.environ.get("BOT_DATABASE_DSN") or ""
+        if "://" in dsn and urlsplit(dsn).password:
+            vals.append(urlsplit(dsn).password or "")
+        self.values = sorted({v for v in vals if len(v) >= 4}, key=len, reverse=True)
+
+    def filter(self, record: object) -> bool:
+        import logging
+
+        assert isinstance(record, logging.LogRecord)
+        if not self.values:
+            return True
+        msg = record.getMessage()
+        masked = msg
+        for v in self.values:
+            masked = masked.replace(v, "***")
+        if masked != msg:
+            record.msg, record.args = masked, ()
+        return True

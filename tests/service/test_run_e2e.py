@@ -75,13 +75,14 @@ class Notify:
         raise AssertionError(f"no {text!r} within {timeout} s; got {self.drain()[-10:]}")
 
 
-def _spawn(cfg_file: Path, dsn: str, notify: Notify, log: Path, mode: str) -> subprocess.Popen[bytes]:
+def _spawn(cfg_file: Path, dsn: str, notify: Notify, log: Path, mode: str, verbose: str = "-v"
+           ) -> subprocess.Popen[bytes]:
     env = {**os.environ, "BOT_DATABASE_DSN": dsn, "NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "1000000",
            "PYTHONUNBUFFERED": "1"}
     env.pop("WATCHDOG_PID", None)
     if mode == "live":
         env.update({"BYBIT_API_KEY": live.KEY, "BYBIT_API_SECRET": live.SECRET})
-    return subprocess.Popen([sys.executable, "-m", "bot.cli.main", "-v", "--config", str(cfg_file), "run"],
+    return subprocess.Popen([sys.executable, "-m", "bot.cli.main", verbose, "--config", str(cfg_file), "run"],
                             cwd=REPO, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
 
@@ -189,7 +190,7 @@ async def test_bot_run_live_sigkill_with_a_position_open_is_adopted_at_restart(d
         cfg_file = tmp_path / "config.yaml"
         cfg_file.write_text(_config(fake, "live"))
         notify, log = Notify(tmp_path / "notify.sock"), tmp_path / "bot.log"
-        proc = _spawn(cfg_file, db.dsn, notify, log, "live")
+        proc = _spawn(cfg_file, db.dsn, notify, log, "live", "-vv")  # DEBUG: pybit logs its request headers
         try:
             await notify.wait_for("READY=1", 90)
             _set_spread(fake, live.ENTRY_SPREAD)
@@ -215,6 +216,9 @@ async def test_bot_run_live_sigkill_with_a_position_open_is_adopted_at_restart(d
         assert {s: q for s, q in fake.state.positions.items() if q != 0} == {}
         async with db.pool.acquire() as conn:
             assert await conn.fetchval("SELECT count(*) FROM incidents") == 0
+        text = log.read_text()
+        assert "level=DEBUG" in text and live.KEY not in text and live.SECRET not in text  # never, even at DEBUG
+        assert "event=position_open pair=AAA/BBB position=1" in text  # one line per event, with pair and position
 
 
 class _Db:

@@ -270,3 +270,32 @@ async def test_no_watchdog_while_the_database_is_down(tmp_path: Path) -> None:
         if proc is not None:
             await _stop_quietly(proc)
         server.stop()
+
+
+async def test_sigterm_with_an_entry_in_flight_lets_it_resolve_then_exits_0(db: Any, tmp_path: Path) -> None:
+    with FakeBybit(_markets(), api_key=live.KEY, api_secret=live.SECRET, feed_rate=5.0) as fake:
+        await _prepare(db)
+        _set_spread(fake, live.EXIT_SPREAD)
+        cfg_file = tmp_path / "config.yaml"
+        cfg_file.write_text(_config(fake, "live"))
+        notify, log = Notify(tmp_path / "notify.sock"), tmp_path / "bot.log"
+        proc = _spawn(cfg_file, db.dsn, notify, log, "live")
+        try:
+            await notify.wait_for("READY=1", 90)
+            fake.delay_create(1.5, count=2)  # each leg answers 1.5 s late (within leg_timeout_s 3)
+            _set_spread(fake, live.ENTRY_SPREAD)
+            await _wait(db, "SELECT status FROM positions ORDER BY id DESC LIMIT 1", "orders_sent", 30, proc, log)
+            t_term = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(30)
+            stop_s = time.monotonic() - t_term
+        finally:
+            await _stop_quietly(proc)
+        assert code == 0, log.read_text()[-3000:]
+        async with db.pool.acquire() as conn:
+            statuses = [r["status"] for r in await conn.fetch("SELECT status FROM positions")]
+            loose = await conn.fetchval("SELECT count(*) FROM orders WHERE status IN ('planned', 'sent')")
+        assert statuses == ["open"] and loose == 0  # resolved, recorded, and kept open for the next start
+        assert {s for s, q in fake.state.positions.items() if q != 0} == {live.S1, live.S2}
+        assert 0.5 < stop_s < 10 + 5, stop_s  # it waited for the flow, within service.shutdown_timeout_s
+        print(f"\nSIGTERM with an entry in flight: stopped in {stop_s:.2f} s")

@@ -37,6 +37,17 @@ def _setup_logging(verbose: int, service: bool = False) -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def _dump_stacks_on_sigusr2() -> None:
+    """`kill -USR2 <pid>`: every thread's stack to stderr (a hung service)."""
+    import faulthandler
+    import signal
+
+    try:
+        faulthandler.register(signal.SIGUSR2, all_threads=True)
+    except (AttributeError, ValueError, OSError):  # no SIGUSR2, or stderr is not a real file (embedded use)
+        pass
+
+
 def build_parser() -> argparse.ArgumentParser:
     from bot.cli import (
         backtest_cmd,
@@ -141,13 +152,10 @@ def run_command(func: Callable[[argparse.Namespace, Any], int], args: argparse.N
 
 
 def main(argv: list[str] | None = None) -> int:
-    import faulthandler
-    import signal
-
-    if hasattr(signal, "SIGUSR2"):  # `kill -USR2 <pid>`: every thread's stack to stderr (a hung service)
-        faulthandler.register(signal.SIGUSR2, all_threads=True)
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "run":
+        _dump_stacks_on_sigusr2()
     _setup_logging(args.verbose, service=args.command == "run")
     return run_command(args.func, args)
 

@@ -221,6 +221,9 @@ class ExecutorConfig(_Section):
                                                               "here (null: strategy.balance)")
     leg_order: Literal["thinner_first", "as_listed"] = "thinner_first"
     db_retry_s: float = Field(1.0, gt=0, description="wait between attempts of a ledger write while Postgres is down")
+    unknown_grace_s: float = Field(30.0, ge=0, description="an order sent this recently that the venue does not know "
+                                   "(yet) is unresolved, not 'never placed': its request may still arrive")
+    close_retry_s: float = Field(5.0, gt=0, description="a failed close is retried after this, doubling to 60 s")
 
 
 class DataConfig(_Section):

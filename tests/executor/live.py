@@ -31,7 +31,8 @@ def markets() -> list[Market]:
 
 
 def live_config(http_url: str, **executor: Any) -> BotConfig:
-    ex = {"leg_timeout_s": 2.0, "incident_cooldown_s": 600, "reconcile_every_s": 3600, "db_retry_s": 0.2}
+    ex = {"leg_timeout_s": 2.0, "incident_cooldown_s": 600, "reconcile_every_s": 3600, "db_retry_s": 0.2,
+          "unknown_grace_s": 0.5, "close_retry_s": 0.2}
     ex.update(executor)
     return BotConfig.model_validate({
         "strategy": {"tf": "1h", "wind": len(SPREADS), "spr_method": "dist", "median_length": 1, "thresh_in": 2.0,

@@ -599,8 +599,11 @@ class FakeBybit:
             price = m.ask if side == "Buy" else m.bid
             signed = qty if side == "Buy" else -qty
             pos = self.state.positions.get(m.symbol, Decimal(0))
-            if body.get("reduceOnly") and (pos == 0 or (pos > 0) == (signed > 0) or abs(signed) > abs(pos)):
+            if body.get("reduceOnly") and (pos == 0 or (pos > 0) == (signed > 0)):
                 return self._err(110017, "current position is zero, cannot fix reduce-only order qty")
+            if body.get("reduceOnly") and abs(signed) > abs(pos):  # Bybit fixes the qty to the position's
+                qty = abs(pos)
+                signed = qty if side == "Buy" else -qty
             if qty * price < Decimal(m.min_notional) and not body.get("reduceOnly"):
                 return self._err(110094, "Order does not meet minimum order value")
             margin = qty * price / Decimal(self.state.leverage[m.symbol])

@@ -71,6 +71,8 @@ class OrderRow:
     fee: Decimal | None = None
     fill_ts: float | None = None
     error: str | None = None
+    error_code: int | None = None
+    sent_ts: float | None = None  # epoch s of the row's last change (= when it was marked sent, while sent)
 
     def fill(self) -> Fill | None:
         if self.status != "filled" or self.filled_qty is None or self.avg_price is None:
@@ -109,13 +111,13 @@ class PositionRow:
 
 
 _ORDER_COLS = ("position_id, leg, action, attempt, order_link_id, symbol, side, qty, reduce_only, status,"
-               " filled_qty, avg_price, fee, fill_ts, error")
+               " filled_qty, avg_price, fee, fill_ts, error, error_code, extract(epoch FROM updated_at)::float8 AS sent_ts")
 
 
 def _order(r: Any) -> OrderRow:
     return OrderRow(r["position_id"], r["leg"], r["action"], r["attempt"], r["order_link_id"], r["symbol"],
                     r["side"], r["qty"], r["reduce_only"], r["status"], r["filled_qty"], r["avg_price"], r["fee"],
-                    r["fill_ts"], r["error"])
+                    r["fill_ts"], r["error"], r["error_code"], r["sent_ts"])
 
 
 _POS_COLS = ("id, token_1, token_2, pos_side, status, qty_1, qty_2, open_price_1, open_price_2, open_z, open_ts,"

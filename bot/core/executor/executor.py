@@ -136,6 +136,8 @@ class Executor:
         self.started_at = math.nan
         self._reload_lock = asyncio.Lock()
         self.accepting = True  # False once a stop began: no new order flow starts
+        self.close_backoff: dict[int, tuple[float, float]] = {}  # position -> (retry not before, current delay)
+        self.close_reported: set[tuple[int, str, Any]] = set()
         self._reconcile_lock = asyncio.Lock()
 
     # ------------------------------------------------------------ start
@@ -292,6 +294,7 @@ class Executor:
                 if self.runners.get(key) is None:  # reconciliation may have adopted one meanwhile
                     self.runners[key] = new
                 else:
+                    self.runners[key].retiring = False  # listed: it stays, with these parameters once flat
                     self.pending_specs[key] = spec
             elif r.spec.row != spec.row:
                 r.retiring = False  # listed again: it stays, with the new parameters once flat
@@ -623,12 +626,31 @@ class Executor:
     async def _exit(self, r: PairRunner, x: Exit) -> None:
         pid = r.position_id
         assert pid is not None
+        now = self.clock()
+        wait = self.close_backoff.get(pid)
+        if wait is not None and now < wait[0]:
+            r.busy = False  # a failed close backs off: the pending close is retried after the wait
+            return
         pos = await self.L.write(ledger_sql.position, pid)
         done = await self._drive_close(pos, x.reason, x.z, x.quotes, x.t0)
         if done is None:
-            r.busy = False  # the machine keeps its pending close: the next fresh tick retries
+            delay = min(60.0, wait[1] * 2) if wait is not None else self.ecfg.close_retry_s
+            self.close_backoff[pid] = (self.clock() + delay, delay)
+            log.warning("event=close_retry pair=%s position=%d in %.1f s", r.spec.name, pid, delay)
+            r.busy = False  # the machine keeps its pending close: a fresh tick after the wait retries
             return
+        self.close_backoff.pop(pid, None)
         await self._finish_close(r, pos, done, x.reason, x.z, x.ts)
+
+    async def _close_incident(self, pos: PositionRow, kind: str, cause: Any, message: str, link: str) -> None:
+        """One incident per position, kind and cause (a close retried every few seconds must not
+        file one per attempt)."""
+        mark = (pos.id, kind, cause)
+        if mark in self.close_reported:
+            log.warning("event=%s_again position=%d %s", kind, pos.id, message)
+            return
+        self.close_reported.add(mark)
+        await self.L.incident(kind, message, pair=_key(pos), position_id=pos.id, order_link_id=link)
 
     async def _drive_close(self, pos: PositionRow, reason: int, z: float, quotes: tuple[Quote, Quote] | None,
                            tick_t0: float | None = None) -> dict[int, list[Fill]] | None:
@@ -651,12 +673,16 @@ class Executor:
         legs = [1, 2]
         if quotes is not None:
             legs = self._leg_order((qty[1], qty[2]), (_opposite(sides[0]), _opposite(sides[1])), quotes)
+        incomplete = False
         for leg in legs:
             for _ in range(3):
                 rest = qty[leg] - sum((f.qty for f in filled[leg]), Decimal(0))
                 if rest <= 0:
                     break
                 newest = max((o for o in closes if o.leg == leg), key=lambda o: o.attempt, default=None)
+                if newest is not None and newest.status == "rejected" and newest.error_code == REDUCE_ONLY_NOTHING:
+                    gone.add(leg)  # known gone (an earlier attempt): not sent again
+                    break
                 if newest is not None and newest.status in ("planned", "sent"):
                     order = newest
                 else:
@@ -684,27 +710,31 @@ class Executor:
                 tick_t0 = None  # the first order out only
                 order.status = "filled" if res.fill is not None and res.fill.qty > 0 else \
                     ("sent" if res.unresolved else "rejected" if res.rejected else "cancelled")
+                if res.rejected is not None:
+                    order.error_code = res.rejected.code
                 if res.fill is not None and res.fill.qty > 0:
                     filled[leg].append(res.fill)
                     continue
                 if res.unresolved is not None:
-                    await L.incident("close_failed", f"close of {syms[leg]} unresolved ({res.unresolved}); retrying",
-                                     pair=_key(pos), position_id=pos.id, order_link_id=order.order_link_id)
-                    return None
+                    await self._close_incident(pos, "close_failed", "unresolved", f"close of {syms[leg]} unresolved "
+                                               f"({res.unresolved}); retrying", order.order_link_id)
+                    break
                 if res.rejected is not None and res.rejected.code == REDUCE_ONLY_NOTHING:
-                    await L.incident("lost", f"closing {syms[leg]}: the venue holds nothing to reduce (110017); "
-                                     "that leg was closed outside the bot; the other leg is still closed",
-                                     pair=_key(pos), position_id=pos.id, order_link_id=order.order_link_id)
+                    await self._close_incident(pos, "lost", leg, f"closing {syms[leg]}: the venue holds nothing to "
+                                               "reduce (110017); that leg was closed outside the bot; the other leg "
+                                               "is still closed", order.order_link_id)
                     gone.add(leg)
                     break
                 if res.rejected is not None:
-                    await L.incident("close_failed", f"close of {syms[leg]} rejected ({res.rejected.code}: "
-                                     f"{res.rejected.message}); retrying on the next fresh tick", pair=_key(pos),
-                                     position_id=pos.id, order_link_id=order.order_link_id)
-                    return None
+                    await self._close_incident(pos, "close_failed", res.rejected.code, f"close of {syms[leg]} "
+                                               f"rejected ({res.rejected.code}: {res.rejected.message}); retried "
+                                               "with back-off (executor.close_retry_s)", order.order_link_id)
+                    break
             rest = qty[leg] - sum((f.qty for f in filled[leg]), Decimal(0))
             if rest > 0 and leg not in residual and leg not in gone:
-                return None
+                incomplete = True  # the other leg is still closed meanwhile; this one is retried
+        if incomplete:
+            return None
         if gone:  # no trade row from a leg whose close the bot never saw: lost, its fills kept in orders
             await L.write(ledger_sql.set_status, pos.id, "lost", f"{', '.join(syms[k] for k in sorted(gone))} gone "
                           "at the venue; the rest closed")

@@ -93,9 +93,9 @@ class Ledger:
 
     @property
     def unknown_grace_s(self) -> float:
-        """How long an unanswered order the venue does not know may still arrive there: the
-        adapter's own HTTP timeout and retries outlive leg_timeout_s."""
-        return max(30.0, 3 * self.cfg.leg_timeout_s)
+        """How long an order sent the venue does not know may still arrive there (the
+        adapter's own HTTP timeout and retries outlive leg_timeout_s): executor.unknown_grace_s."""
+        return self.cfg.unknown_grace_s
 
     async def write(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         """Run `fn(conn, *args)` on a pooled connection, retrying while Postgres is unreachable."""
@@ -192,6 +192,8 @@ class Ledger:
         ex = self.exchange
         link = order.order_link_id
         since = self.unanswered.get(link)
+        if since is None and order.sent_ts is not None:  # sent by an earlier process: its age from the ledger
+            since = time.monotonic() - max(0.0, time.time() - order.sent_ts)
         try:
             state = await ex.order_status(order.symbol, link)
             if cancel and (since is not None or (state is not None and state.status not in FINAL_STATUSES)):

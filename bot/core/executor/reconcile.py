@@ -98,7 +98,16 @@ async def _reconcile(ex: Executor, initial: bool) -> None:
         finally:
             if r is not None and not r.stuck:
                 r.busy = False
-    await _orphans(ex, venue, owned)
+    active_ids = {p.id for p in active}
+    for key, r in list(ex.runners.items()):
+        # a crashed flow left the runner held, but no active position is its: nothing to settle, free it
+        if r.stuck and (r.position_id is None or r.position_id not in active_ids) \
+                and ex.flow_gen[key] == gens.get(key, 0):
+            await _free(ex, r)
+    # pairs whose flow ran since the snapshot: the venue's view of their symbols is stale, not orphaned
+    moving = {s for key, r in ex.runners.items() if r.busy or ex.flow_gen[key] != gens.get(key, 0)
+              for s in (r.spec.symbol_1, r.spec.symbol_2)}
+    await _orphans(ex, venue, owned | moving)
     if not initial:
         await ex._refresh_balance()  # noqa: SLF001
 
@@ -110,6 +119,7 @@ async def _settle(ex: Executor, p: PositionRow, venue: dict[str, Decimal], initi
     if p.status == "intent":
         await L.write(ledger_sql.set_status, p.id, "failed", "no order had left the bot")
         log.info("event=reconciled position=%d intent -> failed (nothing sent)", p.id)
+        await _release(ex, p, cooldown=False)  # nothing reached the venue: no incident, no cooldown
         return
     if p.status == "orders_sent":
         opens = p.legs("open")
@@ -216,6 +226,11 @@ async def _resume_unwind(ex: Executor, p: PositionRow) -> None:
             return
         if res.filled_qty > 0 and not any(u.action == "unwind" and u.leg == leg for u in p.orders):
             late.append((leg, o.symbol, _opp(o.side), res.filled_qty))
+    for leg, o in sorted(p.legs("open").items()):
+        # a fill recorded by an earlier pass (or process) whose unwind was never planned
+        if o.status == "filled" and o.filled_qty and not any(u.action == "unwind" and u.leg == leg for u in p.orders) \
+                and all(x[0] != leg for x in late):
+            late.append((leg, o.symbol, _opp(o.side), o.filled_qty))
     if late:
         await L.incident("half_open", "an entry order answered late (after its pair was being unwound): unwinding "
                          + ", ".join(f"{q} {s}" for _, s, _, q in late), pair=key, position_id=p.id)
@@ -291,7 +306,23 @@ async def _hold(ex: Executor, p: PositionRow) -> None:
         r.stuck = True
 
 
-async def _release(ex: Executor, p: PositionRow) -> None:
+async def _free(ex: Executor, r: PairRunner) -> None:
+    """A runner held by a crashed flow whose position is not active (never written, or
+    closed by the flow before it crashed): flat again, after the incident cooldown."""
+    log.warning("event=runner_freed pair=%s position=%s (held by a crashed flow; no active position)", r.spec.name,
+                r.position_id)
+    r.busy = False
+    r.stuck = False
+    if r.machine.position != 0:
+        r.closed()
+    else:
+        r.open_failed()
+    key = r.spec.key
+    ex.blocked_until[key] = max(ex.blocked_until.get(key, 0.0), ex.clock() + ex.ecfg.incident_cooldown_s)
+    await ex._flat(r)  # noqa: SLF001
+
+
+async def _release(ex: Executor, p: PositionRow, cooldown: bool = True) -> None:
     """The position is settled flat: its pair may trade again (after the incident cooldown)."""
     key = _key(p)
     for s in _syms(p):
@@ -307,7 +338,8 @@ async def _release(ex: Executor, p: PositionRow) -> None:
             r.closed()
         elif was_open:
             r.open_failed()
-        ex.blocked_until[key] = max(ex.blocked_until.get(key, 0.0), ex.clock() + ex.ecfg.incident_cooldown_s)
+        if cooldown:
+            ex.blocked_until[key] = max(ex.blocked_until.get(key, 0.0), ex.clock() + ex.ecfg.incident_cooldown_s)
         await ex._flat(r)  # noqa: SLF001
 
 

@@ -267,7 +267,7 @@ def untradeable_reason(inp: PairInput, sizing: SizingParams, lo: int, hi: int, s
     low_1 = float(np.nanmin(inp.bid_1[lo:hi])) if hi > lo else math.nan
     low_2 = float(np.nanmin(inp.bid_2[lo:hi])) if hi > lo else math.nan
     problem = entry_sizing_problem(sizing, low_1, low_2)
-    if problem is None and not traded and sum(skips.values()):
+    if problem is None and not traded and any(v > 0 for v in skips.values()):
         problem = max(skips, key=lambda k: skips[k])
     if problem is None:
         return ""

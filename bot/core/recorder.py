@@ -23,8 +23,9 @@ backfilled from klines. A retry after a failed commit uses the idempotent
 (ON CONFLICT DO NOTHING) path, so a batch that did commit before the connection
 broke is not written twice.
 
-Bars: after each 5-minute boundary the 5m and 1h bars that completed since the
-last successful build are built from the stored quotes (`build_bars_from_quotes`).
+Bars: at start (catching up the last hour, e.g. quotes recorded before a restart) and
+after each 5-minute boundary, the 5m and 1h bars that completed since the last
+successful build are built from the stored quotes (`build_bars_from_quotes`).
 """
 
 from __future__ import annotations
@@ -277,7 +278,10 @@ class QuoteRecorder:
     # ------------------------------------------------------------ bars
 
     async def _bars_loop(self, step_s: float = 300.0) -> None:
-        self._bars_from = math.floor(self.clock() / step_s) * step_s
+        # catch up at start: the bars of the last hour's quotes (those recorded before a stop or a
+        # crash were never built: the build runs after each boundary)
+        self._bars_from = None
+        await self.build_bars()
         while True:
             await asyncio.sleep(max(0.0, grid_after(self.clock(), step_s) + 1.0 - self.clock()))
             await self.build_bars()

@@ -2,7 +2,7 @@
 and a real Postgres, under a NOTIFY_SOCKET the test listens on (as systemd would).
 
 Paper mode: it signals READY=1 after reconciliation and WATCHDOG=1 while healthy, records
-quotes, opens and closes a pair trade on a spread the test moves at the fake, answers SIGHUP
+quotes and builds bars, opens and closes a pair trade on a spread the test moves at the fake, answers SIGHUP
 with a broken config.yaml by keeping the old one, and exits 0 on SIGTERM within the bound
 with no half-written rows. Live mode (signed requests to the fake): SIGKILL with a position
 open, a restart adopts it, nothing is opened twice, the exit closes it at the venue."""
@@ -21,8 +21,10 @@ from decimal import Decimal as D
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pytest
 
+from bot.core.db.market import copy_quotes
 from tests.executor import live
 from tests.fakes.bybit import FakeBybit, Market
 
@@ -138,12 +140,20 @@ async def test_bot_run_paper_trades_reloads_and_stops_cleanly(db: Any, tmp_path:
         cfg_file = tmp_path / "config.yaml"
         cfg_file.write_text(_config(fake, "paper"))
         notify, log = Notify(tmp_path / "notify.sock"), tmp_path / "bot.log"
+        # quotes recorded before this start, in the last complete 5-minute bar: the service builds its bars
+        b5 = math.floor(time.time() / 300) * 300 - 300
+        earlier = [(sym, float(b5 + 10 * k), 1.0, 1.0002) for k in range(30) for sym in (live.S1, live.S2)]
+        await copy_quotes(db, pl.DataFrame(earlier, schema=["symbol", "ts", "bid_price", "ask_price"], orient="row")
+                          .with_columns(pl.lit(1.0).alias("bid_size"), pl.lit(1.0).alias("ask_size")))
         t0 = time.monotonic()
         proc = _spawn(cfg_file, db.dsn, notify, log, "paper")
         try:
             await notify.wait_for("READY=1", 90)
             ready_s = time.monotonic() - t0
-            await _wait(db, "SELECT count(*) > 0 FROM quotes WHERE symbol = 'AAAUSDT'", True, 30, proc, log)
+            await _wait(db, "SELECT count(*) > 10 FROM quotes WHERE symbol = 'AAAUSDT' AND ts > now() - interval '1 min'",
+                        True, 30, proc, log)  # recording
+            await _wait(db, f"SELECT count(*) FROM bars WHERE tf = '5m' AND source = 'quotes' AND symbol = 'AAAUSDT'"
+                        f" AND open_time = to_timestamp({b5})", 1, 30, proc, log)  # and building bars
             _set_spread(fake, live.ENTRY_SPREAD)  # z 3.8: the short-spread entry
             await _wait(db, "SELECT status FROM positions ORDER BY id DESC LIMIT 1", "open", 30, proc, log)
             # SIGHUP with a broken file: refused, every problem logged, the old config kept, still trading

@@ -309,3 +309,94 @@ async def test_sigterm_with_an_entry_in_flight_lets_it_resolve_then_exits_0(db: 
         assert {s for s, q in fake.state.positions.items() if q != 0} == {live.S1, live.S2}
         assert 0.5 < stop_s < 10 + 5, stop_s  # it waited for the flow, within service.shutdown_timeout_s
         print(f"\nSIGTERM with an entry in flight: stopped in {stop_s:.2f} s")
+
+
+async def test_bot_run_trades_the_pair_a_reselection_chose(db: Any, tmp_path: Path) -> None:
+    """The whole loop: the demo market (its cointegrated groups mean-revert), the re-selection
+    job writes the pairs table, `bot run` (paper, against the fake at the market's latest
+    prices) trades the chosen pair with the chosen parameters: an entry on a spread moved
+    beyond its thresh_in, the exit on its return to the window's mean."""
+    import datetime as dt
+
+    from bot.cli.data_cmds import write_demo_market
+    from bot.config import load
+    from bot.config.loader import dump_effective, example_path
+    from bot.core.db.market import read_bars
+    from bot.core.db.selection import read_pairs
+    from bot.core.demo_market import generate
+    from bot.selection.reselect import reselect
+
+    now = dt.datetime.now(dt.UTC)
+    market = generate(n_symbols=9, days=10, quote_interval_s=300.0, seed=5, start=now - dt.timedelta(days=10))
+    async with db.pool.acquire() as conn:
+        await conn.execute("TRUNCATE trades, orders, incidents, positions, pairs, service_runs, quotes, bars,"
+                           " instruments RESTART IDENTITY CASCADE")
+    await write_demo_market(db, market, tfs=("1h",))
+    base = load(example_path())
+    with FakeBybit([], api_key=live.KEY, api_secret=live.SECRET, feed_rate=5.0) as fake:
+        cfg = base.model_copy(update={
+            "strategy": base.strategy.model_copy(update={"wind": 24, "spr_method": "dist", "min_order_size": 0.0,
+                                                         "balance": 1000.0, "sl_std": 50.0, "sl_dist": None}),
+            "research": base.research.model_copy(update={"iters": 6, "winds": (24,), "spr_methods": ("dist",),
+                                                         "open_methods": ("direct",)}),
+            "selection": base.selection.model_copy(update={
+                "train_days": 6, "max_pairs": 1, "candidates_file": str(tmp_path / "candidates.txt"),
+                "token_pairs_file": str(tmp_path / "token_pairs.txt"),
+                "thresholds": base.selection.thresholds.model_copy(update={
+                    "pr_rat_ind": -1e9, "pr_rat_all": -1e9, "pr_rat_best": -1e9, "pred": -1e9})}),
+            "model": base.model.model_copy(update={"dir": str(tmp_path / "models")}),
+            "exchange": base.exchange.model_copy(update={"base_url": fake.http_url,
+                                                         "ws_public_url": fake.public_ws_url,
+                                                         "http_timeout_s": 3.0, "max_attempts": 2}),
+            "executor": base.executor.model_copy(update={"reconcile_every_s": 3600}),
+            "data": base.data.model_copy(update={"quote_interval_s": 1.0}),
+            "service": base.service.model_copy(update={"shutdown_timeout_s": 10, "heartbeat_s": 1}),
+        })
+        rep = await reselect(db, cfg, now=market.end)
+        assert rep.status == "ok", rep
+        async with db.pool.acquire() as conn:
+            [row] = await read_pairs(conn)
+        t1, t2 = row["token_1"].removesuffix("_USDT"), row["token_2"].removesuffix("_USDT")
+        s1, s2 = f"{t1}USDT", f"{t2}USDT"
+        # the fake lists every demo symbol at its last recorded book, with the demo's instruments
+        last = market.quotes.group_by("symbol").agg(pl.all().sort_by("ts").last())
+        inst = {r["symbol"]: r for r in market.instruments.iter_rows(named=True)}
+        for r in last.iter_rows(named=True):
+            i = inst[r["symbol"]]
+            fake.add_market(Market(r["symbol"], (r["bid_price"] + r["ask_price"]) / 2, str(i["qty_step"]),
+                                   str(i["tick_size"]), str(i["min_qty"]), str(i["min_notional"] or "5")))
+        # the window's mean and std of the bar spread (dist: ln c1 - ln c2), the W bars before this hour
+        w = int(row["wind"])
+        bar_now = dt.datetime.fromtimestamp(math.floor(time.time() / 3600) * 3600, dt.UTC)
+        bars = await read_bars(db, [s1, s2], "1h", bar_now - dt.timedelta(hours=w + 5), bar_now)
+        c = bars.pivot(on="symbol", index="ts", values="close").sort("ts").drop_nulls().tail(w)
+        spreads = [math.log(a) - math.log(b) for a, b in zip(c[s1], c[s2], strict=True)]
+        assert len(spreads) == w
+        mean, std = sum(spreads) / w, (sum((x - sum(spreads) / w) ** 2 for x in spreads) / (w - 1)) ** 0.5
+        m2 = float(fake.state.markets[s2].bid + fake.state.markets[s2].ask) / 2
+        tick1 = D(str(inst[s1]["tick_size"]))
+
+        def move(z: float) -> None:  # leg 1 to the mid giving z against leg 2's current mid
+            mid = D(repr(m2 * math.exp(mean + z * std))).quantize(tick1)
+            fake.set_book(s1, mid - tick1, mid + tick1)
+            fake.set_book(s2, *(fake.state.markets[s2].bid, fake.state.markets[s2].ask))
+
+        cfg_file = tmp_path / "config.yaml"
+        cfg_file.write_text(dump_effective(cfg))
+        notify, log = Notify(tmp_path / "notify.sock"), tmp_path / "bot.log"
+        move(0.0)
+        proc = _spawn(cfg_file, db.dsn, notify, log, "paper")
+        try:
+            await notify.wait_for("READY=1", 90)
+            move(float(row["thresh_in"]) + 1.0)  # beyond the chosen entry threshold: a short-spread entry
+            await _wait(db, "SELECT status FROM positions ORDER BY id DESC LIMIT 1", "open", 40, proc, log)
+            move(0.0)  # back to the window's mean: inside the chosen exit band
+            await _wait(db, "SELECT count(*) FROM trades", 1, 40, proc, log)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0, log.read_text()[-3000:]
+        finally:
+            await _stop_quietly(proc)
+        async with db.pool.acquire() as conn:
+            trade = await conn.fetchrow("SELECT token_1, token_2, pos_side, reason FROM trades")
+        assert (trade["token_1"], trade["token_2"], trade["pos_side"], trade["reason"]) == \
+            (row["token_1"], row["token_2"], 2, 1)

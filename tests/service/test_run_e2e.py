@@ -164,6 +164,14 @@ async def test_bot_run_paper_trades_reloads_and_stops_cleanly(db: Any, tmp_path:
             text = log.read_text()
             assert "event=config_reload_refused problems=2" in text, text[-2000:]
             assert "nonsense" in text and "thresh_in" in text
+            # a good file: the live sections applied at once, a restart-only change named and kept as it was
+            good = _config(fake, "paper").replace("incident_cooldown_s: 600", "incident_cooldown_s: 900")
+            cfg_file.write_text(good.replace("http_timeout_s: 3.0", "http_timeout_s: 4.0"))
+            proc.send_signal(signal.SIGHUP)
+            await asyncio.sleep(1.0)
+            text = log.read_text()
+            assert "event=config_needs_restart sections=exchange" in text, text[-2000:]
+            assert "event=config_reloaded applied=executor" in text
             n_before = len([m for m in notify.drain() if m == "WATCHDOG=1"])
             await asyncio.sleep(1.5)
             assert len([m for m in notify.drain() if m == "WATCHDOG=1"]) >= n_before + 2  # pinging while healthy

@@ -25,12 +25,12 @@ def _setup_logging(verbose: int, service: bool = False) -> None:
     """One line per event: `<time> level=.. logger=.. msg=event=.. key=value ...`. The service
     (`bot run`) logs INFO and up to stdout (journald); other commands WARNING to stderr (-v
     INFO, -vv DEBUG). Known secrets are masked in every record (SecretMaskFilter)."""
-    from bot.config.secrets import SecretMaskFilter
+    from bot.config.secrets import LOG_MASK, masking_formatter
 
     level = logging.DEBUG if verbose > 1 else logging.INFO if verbose == 1 or service else logging.WARNING
     handler = logging.StreamHandler(sys.stdout if service else sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s"))
-    handler.addFilter(SecretMaskFilter())  # type: ignore[arg-type]
+    handler.setFormatter(masking_formatter("%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s"))  # type: ignore[arg-type]
+    handler.addFilter(LOG_MASK)  # type: ignore[arg-type]
     logging.basicConfig(level=level, handlers=[handler])
     if verbose < 2:  # third-party chatter (APScheduler's every run, pybit's connects) above INFO unless -vv
         for name in ("apscheduler", "pybit", "websocket"):

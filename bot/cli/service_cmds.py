@@ -37,6 +37,9 @@ def cmd_run(args: argparse.Namespace, cfg: BotConfig) -> int:
     from bot.core.service import Service
 
     check_live_keys(cfg.exchange)  # live without keys: refused before anything connects (exit 2)
+    from bot.config.secrets import LOG_MASK
+
+    LOG_MASK.add_env(cfg.exchange.api_key_env, cfg.exchange.api_secret_env)  # the names this config uses
     return asyncio.run(Service(cfg, args.config).run())
 
 

@@ -52,12 +52,31 @@ class SecretMaskFilter:
     request headers, the API key among them, at DEBUG: with this filter on the handler a
     secret never reaches the log, whatever the level."""
 
-    def __init__(self, names: tuple[str, ...] = ("BYBIT_API_KEY", "BYBIT_API_SECRET"), extra: tuple[str, ...] = ()):
-        vals = [os.environ.get(n) or "" for n in names] + list(extra)
+    def __init__(self, names: tuple[str, ...] = ("BYBIT_API_KEY", "BYBIT_API_SECRET", "PGPASSWORD"),
+                 extra: tuple[str, ...] = ()):
+        self.names: set[str] = set(names)
+        self.extra = list(extra)
+        self._refresh()
+
+    def add_env(self, *names: str) -> None:
+        """Also mask the values of these variables (the config's exchange.api_key_env / api_secret_env)."""
+        self.names.update(names)
+        self._refresh()
+
+    def _refresh(self) -> None:
+        vals = [os.environ.get(n) or "" for n in self.names] + self.extra
         dsn = os.environ.get("BOT_DATABASE_DSN") or ""
         if "://" in dsn and urlsplit(dsn).password:
             vals.append(urlsplit(dsn).password or "")
+        m = _KV_PASSWORD.search(dsn)
+        if m:
+            vals.append(m["pw"])
         self.values = sorted({v for v in vals if len(v) >= 4}, key=len, reverse=True)
+
+    def mask(self, text: str) -> str:
+        for v in self.values:
+            text = text.replace(v, "***")
+        return text
 
     def filter(self, record: object) -> bool:
         import logging
@@ -72,3 +91,17 @@ class SecretMaskFilter:
         if masked != msg:
             record.msg, record.args = masked, ()
         return True
+
+
+LOG_MASK = SecretMaskFilter()  # the process's one masker: on the log handler (filter) and its formatter
+
+
+def masking_formatter(fmt: str) -> object:
+    """A logging.Formatter whose whole output (message, traceback, stack) goes through LOG_MASK."""
+    import logging
+
+    class _Masking(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            return LOG_MASK.mask(super().format(record))
+
+    return _Masking(fmt)

@@ -66,14 +66,14 @@ async def replay(db: Any, cfg: BotConfig, start: Any, end: Any, *, speed: float 
     if speed is not None and not speed > 0:
         raise ValueError(f"--speed must be > 0 (got {speed})")
     pool = db.pool
-    async with pool.acquire() as conn:
-        run_id = await service_runs.start(conn, "replay")
-        mode = f"replay-{run_id}"
-        await service_runs.set_mode(conn, run_id, mode)
     paper_cfg = cfg.model_copy(update={"exchange": cfg.exchange.model_copy(update={"mode": "paper"})})
     instruments = await instruments_from_table(db)
     if not instruments:
         raise ValueError("replay: the instruments table is empty (bot data instruments, or bot data demo)")
+    async with pool.acquire() as conn:
+        run_id = await service_runs.start(conn, "replay")
+        mode = f"replay-{run_id}"
+        await service_runs.set_mode(conn, run_id, mode)
     clock = {"t": lo}
     ex = Executor(pool, trading_exchange(paper_cfg, instruments), paper_cfg, clock=lambda: clock["t"], mode=mode)
     await ex.start()

@@ -172,19 +172,33 @@ class Service:
             log.warning("event=config_needs_restart sections=%s (kept as they were until a restart)",
                         ",".join(restart))
         merged = old.model_copy(update={s: getattr(new, s) for s in LIVE_SECTIONS})
-        self.cfg = merged
-        if self.executor is not None:
-            self.executor.cfg = merged
-            self.executor.ecfg = merged.executor
-            self.executor.L.cfg = merged.executor
-        if self.scheduler is not None and new.schedule != old.schedule:
-            self._schedule_jobs()
-        self.reloads += 1
         changed = [s for s in LIVE_SECTIONS if getattr(new, s) != getattr(old, s)]
+        self.cfg = merged
+        ex = self.executor
+        started = ex is not None and ex.ledger is not None and ex.started_at == ex.started_at
+        if ex is not None:
+            ex.cfg = merged
+            ex.ecfg = merged.executor
+            if ex.ledger is not None:
+                ex.ledger.cfg = merged.executor
+        if self.scheduler is not None and changed:
+            self._schedule_jobs()  # the jobs' closures hold the config: rebuilt with the new one
+        self.reloads += 1
         log.info("event=config_reloaded applied=%s", ",".join(changed) or "nothing changed")
-        if self.executor is not None and ("strategy" in changed):
-            asyncio.get_running_loop().create_task(self.executor.reload_pairs())  # new runners take it
+        if started and "strategy" in changed:
+            self._respec = asyncio.get_running_loop().create_task(self._apply_strategy())
         return True
+
+    async def _apply_strategy(self) -> None:
+        """A new `strategy` section: flat pairs are rebuilt with it (sizing, stop-loss, tick
+        median); a pair in position keeps its parameters until it is flat (then rebuilt by the
+        next reload)."""
+        ex = self.executor
+        for key, r in list(ex.runners.items()):
+            if r.position_id is None and not r.busy:
+                del ex.runners[key]
+        await ex.reload_pairs()
+        await self._exec_source.set_symbols(ex.symbols)
 
     def _schedule_jobs(self) -> None:
         from bot.core.scheduler import build_scheduler
@@ -206,7 +220,15 @@ class Service:
         loop.add_signal_handler(signal.SIGHUP, self.reload_config)
         code = EXIT_OK
         try:
-            await self._start()
+            start = asyncio.create_task(self._start(), name="start")
+            stopper = asyncio.create_task(self.stop_event.wait())
+            await asyncio.wait({start, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            if not start.done():  # SIGTERM during start-up (a silent venue): stop now, not after the retries
+                start.cancel()
+                await asyncio.gather(start, return_exceptions=True)
+            else:
+                start.result()
             if not self.stop_event.is_set():
                 await self._serve()
         except FatalError as e:
@@ -405,7 +427,11 @@ class Service:
         ex = self.executor
         if ex is not None:
             ex.accepting = False  # no new order flow from here on
-            await ex.drain(bound)
+            for t in getattr(self, "_tasks", set()):
+                if t.get_name() == "executor" and not t.done():  # a paper flow runs inside it: let it finish
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(asyncio.shield(t), bound)
+            await ex.drain(max(0.1, bound - (time.monotonic() - t_stop)))
             if ex.tasks:
                 log.error("event=shutdown_flows_unresolved n=%d after %.0f s: reconciliation settles them at the "
                           "next start", len(ex.tasks), bound)

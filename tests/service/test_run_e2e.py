@@ -408,3 +408,60 @@ async def test_bot_run_trades_the_pair_a_reselection_chose(db: Any, tmp_path: Pa
             trade = await conn.fetchrow("SELECT token_1, token_2, pos_side, reason FROM trades")
         assert (trade["token_1"], trade["token_2"], trade["pos_side"], trade["reason"]) == \
             (row["token_1"], row["token_2"], 2, 1)
+
+
+async def _instruments_stored(db: Any, fake: FakeBybit) -> None:
+    from bot.core.backfill import instruments_frame
+    from bot.core.db.market import upsert_instruments
+    from bot.core.exchange.interface import Instrument
+
+    await upsert_instruments(db, instruments_frame([
+        Instrument(m.symbol, D(m.qty_step), D(m.min_qty), D(m.tick_size), D(m.min_notional))
+        for m in fake.state.markets.values()]))
+
+
+async def test_a_venue_down_at_start_is_retried_not_fatal(db: Any, tmp_path: Path) -> None:
+    with FakeBybit(_markets(), api_key=live.KEY, api_secret=live.SECRET, feed_rate=5.0) as fake:
+        await _prepare(db)
+        await _instruments_stored(db, fake)
+        cfg_file = tmp_path / "config.yaml"
+        cfg_file.write_text(_config(fake, "live"))
+        notify, log = Notify(tmp_path / "notify.sock"), tmp_path / "bot.log"
+        fake.http_status_next(503, 8)  # the instruments refresh, the executor's instruments, a retry: all refused
+        proc = _spawn(cfg_file, db.dsn, notify, log, "live")
+        try:
+            await notify.wait_for("READY=1", 90)
+            text = log.read_text()
+            assert "event=start_reconcile_failed" in text and "executor lock" not in text, text[-3000:]
+            assert proc.poll() is None
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0, log.read_text()[-3000:]
+        finally:
+            await _stop_quietly(proc)
+
+
+async def test_sigterm_during_start_up_stops_at_once(db: Any, tmp_path: Path) -> None:
+    with FakeBybit(_markets(), api_key=live.KEY, api_secret=live.SECRET, feed_rate=5.0) as fake:
+        await _prepare(db)
+        await _instruments_stored(db, fake)
+        cfg_file = tmp_path / "config.yaml"
+        cfg_file.write_text(_config(fake, "live"))
+        notify, log = Notify(tmp_path / "notify.sock"), tmp_path / "bot.log"
+        fake.delay_all(6.0)  # a venue that hangs (6 s a request, 2 attempts, retries): start-up cannot finish
+        proc = _spawn(cfg_file, db.dsn, notify, log, "live")
+        try:
+            await notify.wait_for("STATUS=starting", 60)
+            await asyncio.sleep(1.0)
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(30)
+            stop_s = time.monotonic() - t0
+        finally:
+            fake.delay_all(0.0)
+            await _stop_quietly(proc)
+        assert code == 0 and stop_s < 4, (code, stop_s, log.read_text()[-2000:])
+        assert not any(m.startswith("READY=1") for m in notify.drain())
+        async with db.pool.acquire() as conn:
+            run = await conn.fetchrow("SELECT ready_at, stop_reason, exit_code FROM service_runs ORDER BY id DESC"
+                                      " LIMIT 1")
+        assert run["ready_at"] is None and run["stop_reason"] == "SIGTERM" and run["exit_code"] == 0

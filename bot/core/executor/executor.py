@@ -152,15 +152,20 @@ class Executor:
             self._lock_conn = None
             raise ExecutorBusy(f"another executor holds this database's {self.mode} executor lock: one executor per "
                                "database and mode")
-        prefix = await self._lock_conn.fetchval("SELECT link_prefix FROM installation")
-        self.ledger = Ledger(self.pool, self.exchange, str(prefix), self.mode, self.ecfg)
         try:
-            self.instruments = {i.symbol: i for i in await self.exchange.instruments()}
-        except ExchangeError as e:
-            raise ReconcileError(f"instruments: {e}") from e
-        await self._refresh_balance()
-        await self.reload_pairs()  # runners first: reconciliation adopts positions into them
-        await self.reconcile(initial=True)
+            prefix = await self._lock_conn.fetchval("SELECT link_prefix FROM installation")
+            self.ledger = Ledger(self.pool, self.exchange, str(prefix), self.mode, self.ecfg)
+            try:
+                self.instruments = {i.symbol: i for i in await self.exchange.instruments()}
+            except ExchangeError as e:
+                raise ReconcileError(f"instruments: {e}") from e
+            await self._refresh_balance()
+            await self.reload_pairs()  # runners first: reconciliation adopts positions into them
+            await self.reconcile(initial=True)
+        except BaseException:  # not started (the venue silent, a cancelled start): give the lock back
+            await self._unlock()
+            self.runners.clear()
+            raise
         self.started_at = self.clock()
         log.info("event=executor_started mode=%s pairs=%d open=%d balance=%s prefix=%s", self.mode,
                  len(self.runners), sum(r.position_id is not None for r in self.runners.values()), self.balance,
@@ -168,14 +173,16 @@ class Executor:
 
     async def stop(self, timeout_s: float = 30.0) -> None:
         await self.drain(timeout_s)
+        await self._unlock()
+
+    async def _unlock(self) -> None:
         if self._lock_conn is not None:
+            conn, self._lock_conn = self._lock_conn, None
             try:
-                await self._lock_conn.execute("SELECT pg_advisory_unlock($1::int, hashtext($2))", EXECUTOR_LOCK,
-                                              self.mode)
+                await conn.execute("SELECT pg_advisory_unlock($1::int, hashtext($2))", EXECUTOR_LOCK, self.mode)
             except DB_ERRORS:
                 pass
-            await self.pool.release(self._lock_conn)
-            self._lock_conn = None
+            await self.pool.release(conn)
 
     async def drain(self, timeout_s: float | None = None) -> None:
         """Wait for the order flows in flight."""

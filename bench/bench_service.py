@@ -173,6 +173,7 @@ async def replay_speed(admin: str, n_ticks: int) -> dict[str, float]:
         config,
         pair_row,
         quotes,
+        quotes_frame,
         write_pairs,
     )
 
@@ -183,11 +184,7 @@ async def replay_speed(admin: str, n_ticks: int) -> dict[str, float]:
         async with db.pool.acquire() as conn:
             await write_pairs(conn, [row])
         await upsert_instruments(db, instruments_frame(INSTRUMENTS))
-        await copy_quotes(db, pl.DataFrame({"symbol": [q.symbol for q in qs], "ts": [q.ts for q in qs],
-                                            "bid_price": [float(q.bid) for q in qs],
-                                            "ask_price": [float(q.ask) for q in qs],
-                                            "bid_size": [float(q.bid_size) for q in qs],
-                                            "ask_size": [float(q.ask_size) for q in qs]}))
+        await copy_quotes(db, quotes_frame(qs))
         res = await replay(db, cfg, dt.datetime.fromtimestamp(qs[0].ts, dt.UTC),
                            dt.datetime.fromtimestamp(qs[-1].ts + 1, dt.UTC), progress=None)
     view = backtest_view(qs, cfg)

@@ -54,6 +54,13 @@ async def reset_ledger(conn: Any) -> None:
     await conn.execute("TRUNCATE trades, orders, incidents, positions, pairs RESTART IDENTITY CASCADE")
 
 
+def quotes_frame(qs: list[Quote]) -> pl.DataFrame:
+    """Quotes as rows of the `quotes` table (copy_quotes), prices and sizes as floats."""
+    return pl.DataFrame({"symbol": [q.symbol for q in qs], "ts": [q.ts for q in qs],
+                         "bid_price": [float(q.bid) for q in qs], "ask_price": [float(q.ask) for q in qs],
+                         "bid_size": [float(q.bid_size) for q in qs], "ask_size": [float(q.ask_size) for q in qs]})
+
+
 def paper() -> PaperExchange:
     return PaperExchange(INSTRUMENTS, D(1000), D("0.00055"), D(2), D("0.01"))
 

@@ -12,7 +12,6 @@ from decimal import Decimal as D
 from pathlib import Path
 from typing import Any
 
-import polars as pl
 import pytest
 
 from bot.analysis.backtesting import backtest
@@ -28,6 +27,7 @@ from tests.executor.harness import (
     config,
     pair_row,
     quotes,
+    quotes_frame,
     reset_ledger,
     write_pairs,
 )
@@ -42,10 +42,7 @@ async def _market(db: Any, qs: list[Any], row: dict[str, Any]) -> None:
         await conn.execute("TRUNCATE quotes")
         await write_pairs(conn, [row])
     await upsert_instruments(db, instruments_frame(INSTRUMENTS))
-    await copy_quotes(db, pl.DataFrame({"symbol": [q.symbol for q in qs], "ts": [q.ts for q in qs],
-                                        "bid_price": [float(q.bid) for q in qs], "ask_price": [float(q.ask) for q in qs],
-                                        "bid_size": [float(q.bid_size) for q in qs],
-                                        "ask_size": [float(q.ask_size) for q in qs]}))
+    await copy_quotes(db, quotes_frame(qs))
 
 
 @pytest.mark.parametrize("open_method", ["direct", "reverse_dynamic"])

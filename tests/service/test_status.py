@@ -14,13 +14,13 @@ from decimal import Decimal as D
 from pathlib import Path
 from typing import Any
 
-import polars as pl
 import pytest
 
 from bot.core.db import service_runs
 from bot.core.db.market import copy_quotes
 from tests.executor import live
 from tests.executor import test_pairs_and_inputs as t
+from tests.executor.harness import quotes_frame
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 REPO = Path(__file__).resolve().parents[2]
@@ -53,10 +53,7 @@ async def test_status_text_and_json_on_a_known_state(db: Any, tmp_path: Path) ->
     later = t._quotes("AAA", "BBB", 0.02, now - 2)  # AAA/BBB now at spread 0.02: still open, z lower
     await t._feed(ex, later)
     z_exec = ex.runners[("AAA", "BBB")].last_z
-    await copy_quotes(db, pl.DataFrame({"symbol": [q.symbol for q in later], "ts": [q.ts for q in later],
-                                        "bid_price": [float(q.bid) for q in later],
-                                        "ask_price": [float(q.ask) for q in later],
-                                        "bid_size": [1.0, 1.0], "ask_size": [1.0, 1.0]}))
+    await copy_quotes(db, quotes_frame(later))
     async with db.pool.acquire() as conn:
         run = await service_runs.start(conn, "paper")
         await service_runs.ready(conn, run)

@@ -210,6 +210,33 @@ def half_life(x: np.ndarray, bar_hours: float = 1.0) -> float:
     return -math.log(2.0) / math.log(phi) * bar_hours
 
 
+def zero_crossings(x: np.ndarray) -> int:
+    """Number of times `x` crosses its own mean: sign changes of x - mean(x), exact
+    zeros skipped (a touch is not a crossing). 0 on degenerate input.
+
+    The mean-crossing count of a spread is the frequency filter of Sarmento & Horta
+    (2020) and the "number of zero crossings" of Do & Faff (2010).
+    """
+    clean = _clean(x)
+    if clean is None:
+        return 0
+    d = clean[0] - clean[0].mean()
+    signs = np.sign(d[d != 0])
+    return int(np.count_nonzero(signs[1:] != signs[:-1]))
+
+
+def regression_spread(y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Residual of OLS y = a + b x (the Engle-Granger spread), demeaned; empty on degenerate input."""
+    clean = _clean(y, x)
+    if clean is None:
+        return np.empty(0)
+    yy, xx = clean
+    b = ols_beta(yy, xx)
+    if not math.isfinite(b):
+        return np.empty(0)
+    return (yy - yy.mean()) - b * (xx - xx.mean())
+
+
 def hurst_exponent(x: np.ndarray, max_lag: int = 100) -> float:
     """Hurst exponent from the scaling of lagged differences.
 

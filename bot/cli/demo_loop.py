@@ -113,7 +113,8 @@ async def run_loop(db: Any, cfg: BotConfig, market: Any, work: Path,
 
         print_walk_forward(wf)
         promoted = wf.promoted
-        mdl.save_model(mdl.fit_catboost(frame, dcfg), dcfg.model.dir, {"promoted": promoted, "gate": wf.reason},
+        mdl.save_model(mdl.fit_catboost(frame, dcfg), dcfg.model.dir, {"promoted": promoted, "gate": wf.reason,
+                                                                   "fallback_skill": wf.fallback_skill},
                        dcfg.model.keep_last)
     else:
         print("  too few windows for a walk-forward: no model (the re-selection uses the fallback sort)")

@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     from bot.cli import (
         backtest_cmd,
         data_cmds,
+        evaluate_cmd,
         model_cmds,
         research_cmds,
         selection_cmds,
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     research_cmds.register(sub)
     model_cmds.register(sub)
     selection_cmds.register(sub)
+    evaluate_cmd.register(sub)
     service_cmds.register(sub)
     return parser
 

@@ -111,7 +111,10 @@ def print_walk_forward(wf: Any) -> None:
           f"{wf.threshold:g}, over all windows; sel_n: how many rows that is (models only); rmse: against "
           f"{wf.target}; mean: the RMSE baseline only (a constant ranks nothing)")
     print("feature importances: " + ", ".join(f"{n} {v:.1f}" for n, v in wf.importances[:8]))
+    print("selection / fallback: what the re-selection job would trade with this model (its thresholds incl. pred,"
+          " selection.sort_key) and without one (model.fallback_sort); a window where it picks nothing is left out")
     print(wf.reason)
+    print(wf.fallback_skill)
 
 
 def cmd_train(args: argparse.Namespace, cfg: BotConfig) -> int:
@@ -147,7 +150,7 @@ def cmd_train(args: argparse.Namespace, cfg: BotConfig) -> int:
     meta = {"train_range": [str(frame["train_start"].min()), str(frame["end_time"].max())],
             "rows": frame.height, "windows": int(frame["window_id"].n_unique()), "validation": summary,
             "target": wf.target, "judged_by": "pr_test", "picks_per_window": wf.k,
-            "promoted": wf.promoted, "gate": wf.reason, "params": cfg.model.model_dump()}
+            "promoted": wf.promoted, "gate": wf.reason, "fallback_skill": wf.fallback_skill, "params": cfg.model.model_dump()}
     try:
         previous = latest_model(cfg.model.dir).path.name
     except ModelError:

@@ -145,7 +145,7 @@ class ModelConfig(_Section):
     random_seed: int = 42
     train_days: int = Field(60, ge=1)
     test_days: int = Field(14, ge=1)
-    min_skill_se: float = 1.0
+    min_skill_se: float = 2.0
     keep_last: int = Field(5, ge=1)
     fallback_sort: str = "pr_rat_all"
     dir: str = "models"

@@ -22,7 +22,7 @@ from bot.config import BotConfig
 from bot.core.db import incidents as incidents_sql
 from bot.core.db import positions as ledger_sql
 from bot.core.db import service_runs
-from bot.core.db.selection import read_pairs
+from bot.core.db.selection import last_committed_run, read_pairs
 
 
 def _f(x: Any) -> Any:
@@ -93,6 +93,7 @@ async def gather(db: Any, cfg: BotConfig, now: dt.datetime | None = None) -> dic
         incs = await incidents_sql.open_incidents(conn)
         profit = await ledger_sql.closed_profit(conn, mode)
         lag_row = await conn.fetchval("SELECT max(ts) FROM quotes WHERE ts <= $1", now)
+        sel = await last_committed_run(conn)
     running = False
     if run is not None and run["stopped_at"] is None and run["heartbeat_at"] is not None:
         running = (now - run["heartbeat_at"]).total_seconds() < 3 * cfg.service.heartbeat_s + 5
@@ -133,6 +134,10 @@ async def gather(db: Any, cfg: BotConfig, now: dt.datetime | None = None) -> dic
                             "reason": t["reason"], "total_profit": t["total_profit"]} for t in today]},
         "incidents": [{k: i[k] for k in ("id", "at", "kind", "token_1", "token_2", "position_id", "order_link_id",
                                          "message")} for i in incs],
+        "selection": None if sel is None else {
+            "run_id": sel["id"], "finished_at": sel["finished_at"], "selected": sel["n_selected"],
+            "candidates": sel["n_candidates"], "model": sel["details"].get("model"),
+            "fallback_skill": sel["details"].get("fallback_skill", "not recorded (a run before the skill gate)")},
         "recorder_lag_s": (now - lag_row).total_seconds() if lag_row is not None else None,
         "jobs": jobs.to_dicts(),
     }
@@ -181,6 +186,13 @@ def render(st: dict[str, Any]) -> str:
     lines.append(f"\nincidents not acknowledged ({len(st['incidents'])}):")
     for i in st["incidents"][-20:]:
         lines.append(f"  #{i['id']} {i['at']:%m-%d %H:%M} {i['kind']}: {i['message'][:110]}")
+    sel = st.get("selection")
+    if sel is None:
+        lines.append("\nselection: no committed re-selection run")
+    else:
+        lines.append(f"\nselection: run {sel['run_id']} at {sel['finished_at']:%Y-%m-%d %H:%M}, {sel['selected']} of "
+                     f"{sel['candidates']} candidates; scored by {sel['model']}")
+        lines.append(f"  {sel['fallback_skill']}")
     lag = st["recorder_lag_s"]
     lines.append(f"\nrecorder lag: {'no quotes recorded' if lag is None else f'{lag:.0f} s since the newest quote'}")
     lines.append("\njobs:")

@@ -39,11 +39,11 @@ log = logging.getLogger(__name__)
 TARGET = "pr_rat_test"  # the default of model.target (the notebook's target)
 TARGETS = ("pr_rat_test", "pr_test")  # what model.target may choose
 JUDGE = "pr_test"  # realised test profit after fees (% of balance): what the validation judges picks by
-TEST_COUNTS = ("trades_test", "skipped_test", "liquidations_test")
+TEST_COUNTS = ("trades_test", "skipped_test", "liquidations_test", "fees_test")
 FEATURES = tuple(c for c in STATS_COLUMNS if c not in ("coin1", "coin2", "best_param_id") and not c.endswith("_test"))
 META = ("window_id", "train_start", "valid_time", "end_time", "coin1", "coin2")
 COLUMNS = (*META, *FEATURES, "pr_test", "pr_rat_test", *TEST_COUNTS)
-DATASET_VERSION = 1  # bump when the rows a build produces change meaning (no resume across it)
+DATASET_VERSION = 2  # bump when the rows a build produces change meaning (no resume across it)
 
 
 class DatasetBusy(RuntimeError):
@@ -195,8 +195,8 @@ def _rows(dataset_id: int, frame: pl.DataFrame) -> list[tuple[Any, ...]]:
 
 
 _INSERT = ("INSERT INTO model_dataset (dataset_id, window_id, train_start, valid_time, end_time, coin1, coin2,"
-           " features, pr_test, pr_rat_test, trades_test, skipped_test, liquidations_test)"
-           " VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11, $12, $13)")
+           " features, pr_test, pr_rat_test, trades_test, skipped_test, liquidations_test, fees_test)"
+           " VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11, $12, $13, $14)")
 
 
 async def store_window(pool: Any, dataset_id: int, window_id: int, sweep_run_id: int | None, frame: pl.DataFrame,

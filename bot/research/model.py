@@ -16,8 +16,14 @@ random draw, which `random` already measures with many). Tied scores are broken 
 a seeded random order (model.random_seed and the window), never by row order (the
 rows are sorted by name: a stable sort would pick alphabetically). The paired
 difference (method - random) per window gives a mean and its standard error across
-windows; the skill gate promotes a model only when its mean difference exceeds
-`model.min_skill_se` standard errors.
+windows. The skill gate (`bot.selection.evaluate.gate_decision`) judges what the
+re-selection job would trade: `selection` (the job's thresholds incl. pred and its
+sort key, with this model) against random and against `fallback` (the job without
+a model: `model.fallback_sort`); promoted only when `selection` beats random by more
+than `model.min_skill_se` standard errors AND is not worse than the fallback. A
+window where the job picks nothing has no per-pick profit and is left out (a rule
+cannot look skilled by not trading). `fallback_skill` says whether the fallback rule
+itself beats random.
 
 Persistence: CatBoost JSON plus `<name>.meta.json` (ordered feature names, train
 range, metrics, versions, created_at, sha256 of the model file) and, from `bot
@@ -59,7 +65,9 @@ class DataFileError(ValueError):
 
 
 DATASET_COLUMNS = COLUMNS  # what `bot dataset` writes; training needs META, FEATURES, pr_test and the target
-PREDATES = {"coverage": "the coverage column"}  # features added later: name -> what an old file lacks
+PREDATES = {"coverage": "the coverage column", "zero_cross": "the spread-shape columns",
+            "half_life_h": "the spread-shape columns", "hurst": "the spread-shape columns",
+            "pos_share_all": "the spread-shape columns"}  # features added later: name -> what an old file lacks
 BASE_FEATURES = tuple(f for f in FEATURES if f not in PREDATES)  # used by every model this code ever saved
 
 
@@ -70,7 +78,7 @@ def _problems(p: Path, schema: Any, required: Sequence[str], what: str, numeric:
     missing = [c for c in required if c not in schema]
     if missing:
         problems.append(f"lacks the {what} columns {missing}")
-        late = [PREDATES[c] for c in missing if c in PREDATES]
+        late = list(dict.fromkeys(PREDATES[c] for c in missing if c in PREDATES))
         if late:
             problems.append(f"this {'dataset' if 'dataset' in what else 'file'} predates {', '.join(late)}: "
                             f"rebuild it with {rebuild}")
@@ -219,6 +227,7 @@ class WalkForward:
     k: int = 0  # pairs picked per window (selection.max_pairs)
     rows: dict[int, int] = field(default_factory=dict)  # validation window -> its rows with a target
     threshold: float = 0.0  # selection.thresholds.pred (sel_value / sel_n)
+    fallback_skill: str = ""  # the fallback rule against random on the same windows
 
 
 def walk_forward(frame: pl.DataFrame, cfg: BotConfig, *, min_train_windows: int = 2, random_draws: int = 200,
@@ -244,6 +253,8 @@ def walk_forward(frame: pl.DataFrame, cfg: BotConfig, *, min_train_windows: int 
         return {"window_id": w, "method": method, "rows": val.height, "rmse": rmse, "sel_value": sel_value,
                 "sel_n": sel_n, "pick_profit": None if picks is None else _pick_profit(val, picks), "picks": names}
 
+    from bot.selection.evaluate import gate_decision, job_picks
+
     for w in wins[min_train_windows:]:
         train = data.filter(pl.col("window_id") < w)
         val = data.filter(pl.col("window_id") == w)
@@ -254,10 +265,15 @@ def walk_forward(frame: pl.DataFrame, cfg: BotConfig, *, min_train_windows: int 
         cb = fit_catboost(train, cfg, thread_count)
         importances += np.asarray(cb.get_feature_importance())
         ws = (seed, int(w))  # the tie-break order of this window (the same for every method)
-        for name, p in (("catboost", np.asarray(cb.predict(xv))), ("ridge", np.asarray(_ridge(xt, yt)(xv)))):
+        p_cb = np.asarray(cb.predict(xv))
+        for name, p in (("catboost", p_cb), ("ridge", np.asarray(_ridge(xt, yt)(xv)))):
             sel = p > thr
             rows.append(row(val, w, name, greedy_picks(val, p, k, seed=ws), float(np.sqrt(np.mean((p - yv) ** 2))),
                             float(np.nansum(judge[sel])), int(sel.sum())))
+        # what the re-selection job trades: with this model, and with the fallback rule (the gate's judges)
+        for name, pred in (("selection", p_cb), ("fallback", None)):
+            picks = job_picks(val, cfg, pred)
+            rows.append({**row(val, w, name, picks), "pick_profit": _pick_profit(val, picks) if picks else None})
         mean = float(np.mean(yt))  # RMSE only: a constant ranks nothing (module docstring)
         rows.append(row(val, w, "mean", None, float(np.sqrt(np.mean((mean - yv) ** 2)))))
         pv = np.maximum(val["pv_1"].fill_null(np.nan).to_numpy(), val["pv_2"].fill_null(np.nan).to_numpy())
@@ -284,16 +300,22 @@ def walk_forward(frame: pl.DataFrame, cfg: BotConfig, *, min_train_windows: int 
     summary = paired.group_by("method", maintain_order=True).agg(
         pl.col("rmse").mean(), total("sel_value"), total("sel_n"), pl.col("pick_profit").mean(),
         pl.col("diff").mean().alias("diff_vs_random"),
-        (pl.col("diff").std() / math.sqrt(max(n_w, 1))).alias("se"),
+        # over the windows where the method picked something (a window it sat out has no per-pick profit)
+        (pl.col("diff").std() / pl.col("diff").count().cast(pl.Float64).sqrt()).alias("se"),
     )
-    cb = summary.filter(pl.col("method") == "catboost").row(0, named=True)
-    se = cb["se"] if cb["se"] is not None and math.isfinite(cb["se"]) else math.inf
-    need = cfg.model.min_skill_se * se
-    promoted = cb["diff_vs_random"] > 0 and cb["diff_vs_random"] > need
-    reason = (f"catboost beats random picks by {cb['diff_vs_random']:+.3f} %/pick/window, "
-              f"SE {se:.3f}, gate {cfg.model.min_skill_se} SE: {'promoted' if promoted else 'not promoted'}")
+
+    def series(method: str) -> list[float | None]:
+        return per.filter(pl.col("method") == method).sort("window_id")["pick_profit"].to_list()
+
+    gate = gate_decision(series("selection"), series("random"), series("fallback"), cfg.model.min_skill_se)
+    fb = gate_decision(series("fallback"), series("random"), series("fallback"), cfg.model.min_skill_se,
+                       "the fallback rule")
+    fb_skill = fb.windows >= 2 and fb.diff > 0 and fb.diff > cfg.model.min_skill_se * fb.se
+    fb_text = (f"the fallback rule ({cfg.model.fallback_sort}) against random: {fb.diff:+.3f} %/pick/window, "
+               f"SE {fb.se:.3f} over {fb.windows} windows: "
+               + (f"skill shown ({cfg.model.min_skill_se:g} SE)" if fb_skill else "NO skill shown"))
     imp = sorted(zip(FEATURES, (importances / max(n_w, 1)).tolist(), strict=True), key=lambda t: -t[1])
-    return WalkForward(per, summary, imp, bool(promoted), reason, target, k, n_rows, thr)
+    return WalkForward(per, summary, imp, gate.promoted, gate.reason, target, k, n_rows, thr, fb_text)
 
 
 # ---------------------------------------------------------------- persistence

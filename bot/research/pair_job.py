@@ -32,9 +32,16 @@ from bot.research.params import ParamSet
 STATS_COLUMNS = (
     "coin1", "coin2", "std_1", "std_2", "corr", "dist", "std", "pv_1", "pv_2", "pr_ind", "pr_rat_ind",
     "avg_pr_all", "pr_rat_all", "pr_best", "pr_rat_best", "loss_best", "max_drdn_best", "dur_best",
-    "trades_best", "coverage", "best_param_id", "pr_test", "pr_rat_test", "loss_test", "max_drdn_test", "dur_test",
-    "trades_test", "skipped_test", "liquidations_test",
+    "trades_best", "coverage", "zero_cross", "half_life_h", "hurst", "pos_share_all",
+    "best_param_id", "pr_test", "pr_rat_test", "loss_test", "max_drdn_test", "dur_test",
+    "trades_test", "skipped_test", "liquidations_test", "fees_test",
 )
+# Spread-shape statistics of the train window (docs/selection.md "Statistics"): the
+# Engle-Granger spread ln p1 - a - b ln p2 (OLS on the train bars) gives zero_cross
+# (mean crossings, est.zero_crossings), half_life_h (est.half_life, hours) and hurst
+# (est.hurst_exponent); pos_share_all is the share of swept parameter sets with pr > 0
+# (robustness rather than the best set); fees_test the test window's fees, % of balance.
+NO_REVERSION_HALF_LIFE_WINDOWS = 10.0  # half_life_h when the AR(1) fit has phi >= 1: 10 train windows
 MIN_TRAIN_BARS_EXTRA = 24  # bars beyond the largest window needed before valid_time
 
 
@@ -190,6 +197,11 @@ def run_pair(
                  coverage=quote_coverage(inp.tick_ts, inp.quote_mask(), inp.train_start, inp.valid_time, tf_s),
                  corr=est.corr(np.diff(l1), np.diff(l2)), dist=dist, std=dist_std,
                  pv_1=est.engle_granger(l1, l2).pvalue, pv_2=est.engle_granger(l2, l1).pvalue)
+    spread = est.regression_spread(l1, l2)
+    hl = est.half_life(spread, tf_s / 3600.0)
+    if hl == math.inf:  # no mean reversion: a finite "longer than anything" so stored and live rows agree
+        hl = NO_REVERSION_HALF_LIFE_WINDOWS * (inp.valid_time - inp.train_start) / 3600.0
+    stats.update(zero_cross=float(est.zero_crossings(spread)), half_life_h=hl, hurst=est.hurst_exponent(spread))
     sizings = {w: window_sizing(inp, strategy, inp.train_start, w) for w in winds}
 
     t0 = time.perf_counter()
@@ -229,6 +241,7 @@ def run_pair(
     if out.summaries:
         stats["avg_pr_all"] = float(np.mean([r["pr"] for r in out.summaries]))
         stats["pr_rat_all"] = float(np.mean([r["pr_rat"] for r in out.summaries]))
+        stats["pos_share_all"] = float(np.mean([r["pr"] > 0 for r in out.summaries]))
     best = _best(out.summaries)
     if best is not None:
         stats.update(pr_best=best["pr"], pr_rat_best=best["pr_rat"], loss_best=best["loss"],
@@ -242,7 +255,8 @@ def run_pair(
             stats.update(pr_test=tm["pr"], pr_rat_test=tm["pr_rat"], loss_test=tm["loss"],
                          max_drdn_test=tm["max_drdn"], dur_test=tm["avg_dur"], trades_test=tm["trades"],
                          skipped_test=test.skipped_entries,
-                         liquidations_test=test.liquidations)
+                         liquidations_test=test.liquidations,
+                         fees_test=_fees_pct(test.trades, strategy.balance))
     out.stats = stats
     why = untradeable_reason(inp, sizings[default.wind], lo, mid, out.skips,
                              any(r["trades"] for r in out.summaries))
@@ -250,6 +264,13 @@ def run_pair(
         out.status, out.reason = "untradeable", why
     out.timings["total_s"] = time.perf_counter() - t_start
     return out
+
+
+def _fees_pct(trades: pl.DataFrame, balance: float) -> float:
+    """Fees paid by `trades` (open and close, both legs), % of the initial balance."""
+    if not trades.height or balance <= 0:
+        return 0.0
+    return float(trades["fees"].sum()) / balance * 100.0
 
 
 SKIP_TEXT = {"min_order_size": "margin per leg below min_order_size",

@@ -94,9 +94,12 @@ async def sync_token_pairs_file(conn: Any, path: Path) -> bool:
 
 def find_model(directory: str | Path) -> tuple[LoadedModel | None, str]:
     """(newest promoted model, description), or (None, why) when no model was ever
-    promoted. A promoted model whose file is missing or corrupt raises ModelError:
-    the job must fail loudly rather than quietly fall back to an older model."""
+    promoted. The description says which model the job uses and why: newer models the
+    gate did not promote are named with the gate's reason. A promoted model whose file
+    is missing or corrupt raises ModelError: the job must fail loudly rather than
+    quietly fall back to an older model."""
     d = Path(directory)
+    passed: list[str] = []
     for meta in sorted(d.glob("model-*.meta.json"), reverse=True) if d.is_dir() else []:
         try:
             info = json.loads(meta.read_text())
@@ -104,8 +107,26 @@ def find_model(directory: str | Path) -> tuple[LoadedModel | None, str]:
             raise ModelError(f"model metadata unreadable: {meta}: {err}") from None
         if info.get("promoted"):
             lm = load_model(d / info.get("model_file", meta.name.replace(".meta.json", ".json")))
-            return lm, f"{lm.path.name} (sha256 {lm.meta['sha256'][:12]})"
-    return None, f"no promoted model in {d}: fallback sort"
+            why = f"; newer {passed[0]}" if passed else ""
+            return lm, f"{lm.path.name} (sha256 {lm.meta['sha256'][:12]}, promoted: {info.get('gate', '')}){why}"
+        if not passed:
+            passed.append(f"model {info.get('model_file', meta.name)} not promoted: {info.get('gate', 'no gate recorded')}")
+    return None, f"no promoted model in {d}: fallback sort" + (f" ({passed[0]})" if passed else "")
+
+
+def skill_notes(directory: str | Path) -> dict[str, str]:
+    """What the newest trained model's walk-forward said of the fallback rule and of itself
+    (for the run record and `bot status`); 'not measured' when no model was ever trained."""
+    d = Path(directory)
+    for meta in sorted(d.glob("model-*.meta.json"), reverse=True) if d.is_dir() else []:
+        try:
+            info = json.loads(meta.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        return {"gate": str(info.get("gate", "")),
+                "fallback_skill": str(info.get("fallback_skill") or "not measured (a model trained before the gate"
+                                                                    " measured the fallback rule)")}
+    return {"gate": "no model trained", "fallback_skill": "not measured: no model trained (`bot train` measures it)"}
 
 
 async def _candidates(db: Any, cfg: BotConfig, train_start: dt.datetime) -> list[tuple[str, str]]:
@@ -222,7 +243,8 @@ async def _evaluate(db: Any, conn: Any, cfg: BotConfig, run_id: int, now: dt.dat
     guards.check_not_emptied(len(pair_rows), len(current), cfg.selection.allow_empty)
     details = {"model": model_desc, "model_sha256": model_sha, "train_start": train_start.isoformat(),
                "now": now.isoformat(), "sort_key": sort_key, "thresholds": thresholds,
-               "evaluated": sum(o.status == "ok" for o in rep.outcomes), "candidates": len(rep.outcomes)}
+               "evaluated": sum(o.status == "ok" for o in rep.outcomes), "candidates": len(rep.outcomes),
+               **skill_notes(cfg.model.dir)}
     report = ReselectReport("dry-run" if dry_run else "ok", run_id, decisions, pair_rows, model_desc,
                             timings={"load_s": t_load, "backtests_s": t_bt - t_load, "features_s": 0.0,
                                      "scoring_s": t_score})

@@ -117,3 +117,15 @@ async def last_runs(conn: asyncpg.Connection, limit: int = 5) -> list[dict[str, 
     rows = await conn.fetch("SELECT id, started_at, finished_at, status, error, dry_run, n_candidates, n_selected"
                             " FROM selection_runs ORDER BY id DESC LIMIT $1", limit)
     return [dict(r) for r in rows]
+
+
+async def last_committed_run(conn: asyncpg.Connection) -> dict[str, Any] | None:
+    """The newest committed (ok, not dry) re-selection run with its details, or None."""
+    row = await conn.fetchrow("SELECT id, finished_at, n_candidates, n_selected, details FROM selection_runs"
+                              " WHERE status = 'ok' AND NOT dry_run ORDER BY id DESC LIMIT 1")
+    if row is None:
+        return None
+    out = dict(row)
+    details = out.pop("details")
+    out["details"] = json.loads(details) if isinstance(details, str) else (details or {})
+    return out

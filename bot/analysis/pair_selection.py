@@ -4,7 +4,9 @@ Given the scored candidates and the pairs that hold open positions:
 1. open-position pairs stay selected (reason ``kept: open position``) and reserve
    their tokens, whatever their new score;
 2. candidates failing a threshold are dropped (``below threshold: <name>``);
-3. the rest, sorted by the sort key (descending), are taken greedily when neither
+3. the rest, sorted by the sort key (descending; a key written `-name` sorts by
+   `name` ascending, e.g. `-std`: the smallest normalised-price gap first, Gatev et
+   al. 2006), are taken greedily when neither
    token is used yet (``token taken: <T>``), up to `max_pairs` selected in total
    (kept pairs count; ``cap reached``).
 """
@@ -28,6 +30,11 @@ class Decision:
 def _val(row: Mapping[str, Any], key: str) -> float:
     v = row.get(key)
     return float(v) if v is not None and isinstance(v, int | float) and math.isfinite(v) else math.nan
+
+
+def sort_value(row: Mapping[str, Any], sort_key: str) -> float:
+    """The value `decide` sorts by, descending: the column, or minus the column for `-name`."""
+    return -_val(row, sort_key[1:]) if sort_key.startswith("-") else _val(row, sort_key)
 
 
 def decide(
@@ -59,7 +66,7 @@ def decide(
             out.append(Decision(t1, t2, "rejected", "below threshold: " + ", ".join(failing)))
             continue
         eligible.append(row)
-    eligible.sort(key=lambda r: (-_val(r, sort_key) if math.isfinite(_val(r, sort_key)) else math.inf,
+    eligible.sort(key=lambda r: (-sort_value(r, sort_key) if math.isfinite(sort_value(r, sort_key)) else math.inf,
                                  str(r["coin1"]), str(r["coin2"])))
     for row in eligible:
         t1, t2 = str(row["coin1"]), str(row["coin2"])

@@ -21,6 +21,13 @@ from bot.config.model import DatabaseConfig
 from bot.utils.files import atomic_write_text
 
 
+# The demo ranks by the distance method (Gatev et al. 2006): the smallest std of the
+# normalised-price gap first. On the demo market the planted pairs are the ones with a
+# stationary gap (docs/selection.md "The demo market"); `bot evaluate` on the demo's
+# database shows how this rule and the notebook's pr_rat_all fare against random.
+DEMO_SORT = "-std"
+
+
 def demo_config(cfg: BotConfig, work: Path, days: float, database: DatabaseConfig | None = None) -> BotConfig:
     """The configured behaviour with windows scaled to the demo market, paths inside `work`
     (absolute, so the written config works from any directory) and `database`."""
@@ -36,9 +43,10 @@ def demo_config(cfg: BotConfig, work: Path, days: float, database: DatabaseConfi
         "strategy": cfg.strategy.model_copy(update={"wind": 36, "min_order_size": 0.0, "sl_method": "cooldown"}),
         "research": cfg.research.model_copy(update={"winds": (24, 36, 48), "iters": 10}),
         "selection": cfg.selection.model_copy(update={
-            "train_days": train, "candidates_file": str(work / "candidates.txt"),
+            "train_days": train, "sort_key": DEMO_SORT, "candidates_file": str(work / "candidates.txt"),
             "token_pairs_file": str(work / "token_pairs.txt")}),
-        "model": cfg.model.model_copy(update={"train_days": train, "test_days": test, "dir": str(work / "models")}),
+        "model": cfg.model.model_copy(update={"train_days": train, "test_days": test, "dir": str(work / "models"),
+                                             "fallback_sort": DEMO_SORT}),
     })
 
 

@@ -21,7 +21,15 @@ from typing import Any
 
 import polars as pl
 
-from bot.cli.args import Problems, UsageError, output_file, pairs_file, parse_time, positive_int, window
+from bot.cli.args import (
+    Problems,
+    UsageError,
+    output_file,
+    pairs_file,
+    parse_time,
+    positive_int,
+    window,
+)
 from bot.config import BotConfig
 
 

@@ -2,13 +2,27 @@
 
 Model (log prices, time in days):
 
-- a market factor M with daily vol 3 %, and for every symbol an idiosyncratic
+- a market factor M with daily vol 5 %, and for every symbol an idiosyncratic
   random walk; leaders and independents: d ln p_i = b_i dM + s_i dW_i, total daily
-  vol around 4 % (b_i in [0.5, 1.0]);
+  vol 10 % (b_i in [0.5, 1.0]);
 - cointegrated groups: each member follows its leader through
   ln p_m = a_m + beta_m ln p_L + u_m, where u_m is an Ornstein-Uhlenbeck process
   with half-life h_m (hours) and stationary std sd_m (log units); the manifest
   lists every group with its betas and half-lives, the known answer for research;
+- planted so that they are findable in a train window of a few days of 1 h bars:
+  groups are (leader, member) pairs, as many as `selection.max_pairs` (8) when the
+  symbols allow (n_groups = min(8, (n_symbols - 3) // 3), so at least a third of
+  the names stay independent random walks), each pair disjoint from the others;
+  half-lives of 4-8 h (many half-lives inside a 9-day window and inside the demo's
+  24-48 bar z windows, so the z-score reverts within a trade), spread std of 3-4 %
+  (a reversion from 2 sd pays the round trip's fees many times over) and betas of
+  0.8-1.25. The legs' own moves are large (10 % a day, about 2 % an hour) against
+  the spread's hourly moves (about 1.2 %): a member paired with any other symbol is
+  dominated by that symbol's random walk, so only the planted pair has a small,
+  stationary normalised-price gap (the distance rule, lowest `std`, ranks it first);
+  with the quieter legs of a real alt (4 % a day) the member's spread noise would
+  make it mean-revert against every symbol and no statistic could tell the planted
+  pair from the others;
 - top-of-book quotes every `quote_interval_s`: bid/ask = mid (1 -/+ h) rounded to
   the tick size, h a per-symbol half spread of 0.5..1.5 bp (spreads 1-3 bp),
   lognormal sizes;
@@ -37,6 +51,12 @@ _NAMES = (
     "WLD", "XLM", "XRP", "ZEC", "AAVE", "INJ", "MANTA", "ARKM", "RENDER", "TIA", "STX", "IMX",
     "GALA", "SAND", "MANA", "CRV", "LDO", "UNI", "SNX", "RUNE", "KAVA", "ZIL", "ONE", "ICP",
 )
+SYMBOL_VOL = 0.10  # daily vol of a leader or an independent symbol (log units)
+MARKET_VOL = 0.05  # daily vol of the market factor
+HALF_LIFE_H = (4.0, 8.0)  # planted spreads' half-lives, hours
+SPREAD_SD = (0.03, 0.04)  # planted spreads' stationary std, log units
+BETA = (0.8, 1.25)  # planted hedge ratios
+PLANTED_PAIRS = 8  # the default selection.max_pairs: the demo plants that many disjoint pairs
 _START_PRICE = {"BTC": 60000.0, "ETH": 3000.0, "SOL": 150.0}
 
 
@@ -102,7 +122,7 @@ def generate(
     quote_interval_s: float = 5.0,
     seed: int = 7,
     start: dt.datetime = dt.datetime(2025, 1, 1, tzinfo=dt.UTC),
-    n_groups: int = 4,
+    n_groups: int | None = None,
 ) -> DemoMarket:
     if n_symbols < 8:
         raise ValueError(f"--symbols: at least 8 symbols (got {n_symbols})")
@@ -116,24 +136,26 @@ def generate(
     dt_days = quote_interval_s / 86400.0
     sq = math.sqrt(dt_days)
 
-    # groups: leaders and members drawn from the non-reference names
+    # groups: disjoint (leader, member) pairs drawn from the non-reference names
     pool = names[3:]
+    if n_groups is None:
+        n_groups = min(PLANTED_PAIRS, len(pool) // 3)
     order = rng.permutation(len(pool))
     groups: list[DemoGroup] = []
     k = 0
     for _g in range(n_groups):
-        size = 2 + int(rng.integers(0, 2))  # 2 or 3 names per group
+        size = 2
         if k + size > len(pool):
             break
         chosen = [pool[i] for i in order[k:k + size]]
         k += size
-        betas = tuple(round(float(rng.uniform(0.6, 1.4)), 3) for _ in chosen[1:])
-        hls = tuple(round(float(rng.uniform(4.0, 36.0)), 1) for _ in chosen[1:])
-        sds = tuple(round(float(rng.uniform(0.008, 0.02)), 4) for _ in chosen[1:])
+        betas = tuple(round(float(rng.uniform(*BETA)), 3) for _ in chosen[1:])
+        hls = tuple(round(float(rng.uniform(*HALF_LIFE_H)), 1) for _ in chosen[1:])
+        sds = tuple(round(float(rng.uniform(*SPREAD_SD)), 4) for _ in chosen[1:])
         groups.append(DemoGroup(chosen[0], tuple(chosen[1:]), betas, hls, sds))
     member_of = {m: (g, i) for g in groups for i, m in enumerate(g.members)}
 
-    market = rng.standard_normal(n_steps) * 0.03 * sq
+    market = rng.standard_normal(n_steps) * MARKET_VOL * sq
     log_p: dict[str, np.ndarray] = {}
     start_price: dict[str, float] = {}
     for name in names:
@@ -143,7 +165,7 @@ def generate(
         if name in member_of:
             continue
         b = float(rng.uniform(0.5, 1.0))
-        idio = math.sqrt(max(0.04**2 - (b * 0.03) ** 2, 1e-6))
+        idio = math.sqrt(max(SYMBOL_VOL**2 - (b * MARKET_VOL) ** 2, 1e-6))
         steps = b * market + rng.standard_normal(n_steps) * idio * sq
         log_p[name] = math.log(start_price[name]) + np.cumsum(steps) - steps[0]
     for name, (g, i) in member_of.items():

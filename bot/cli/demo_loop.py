@@ -20,7 +20,6 @@ from bot.config import BotConfig
 from bot.config.model import DatabaseConfig
 from bot.utils.files import atomic_write_text
 
-
 # The demo ranks by the distance method (Gatev et al. 2006): the smallest std of the
 # normalised-price gap first. On the demo market the planted pairs are the ones with a
 # stationary gap (docs/selection.md "The demo market"); `bot evaluate` on the demo's

@@ -214,6 +214,8 @@ def evaluate(frame: pl.DataFrame, cfg: BotConfig, *, min_train_windows: int = 4,
              progress: Callable[[int, int], None] | None = None) -> Evaluation:
     """Every method on every window of `frame` (module docstring). Windows whose test
     ends after `holdout_after` (a datetime) are the holdout, the others tuning."""
+    from catboost import CatBoostError
+
     from bot.research.model import ModelError
 
     data = frame.sort(["window_id", "coin1", "coin2"])
@@ -234,11 +236,12 @@ def evaluate(frame: pl.DataFrame, cfg: BotConfig, *, min_train_windows: int = 4,
         picks: dict[str, list[int]] = {}
         train = data.filter((pl.col("window_id") < w) & pl.col(target).is_not_null() & pl.col(target).is_finite())
         pred = None
+        why_none = f"no model yet (trained from window {min_train_windows + 1} on)"
         if n >= min_train_windows and train.height >= 10:
             try:
                 pred = _fit_predict(train, val, cfg, thread_count)
-            except ModelError:
-                pred = None
+            except (ModelError, CatBoostError) as err:  # e.g. every target equal: nothing to learn
+                why_none = f"no model: {str(err).splitlines()[0][:160]}"
         picks["fallback"] = job_picks(val, cfg, None)
         rand = _random(val, k, random_draws, 1000 + int(w))
         fb = _measure(val, picks["fallback"])
@@ -248,7 +251,7 @@ def evaluate(frame: pl.DataFrame, cfg: BotConfig, *, min_train_windows: int = 4,
             use_model = gate.promoted
             reason = gate.reason
         else:
-            use_model, reason = False, (f"no model yet (trained from window {min_train_windows + 1} on)")
+            use_model, reason = False, why_none
         picks["bot"] = picks["model"] if use_model else picks["fallback"]
         gates.append({"window_id": w, "rule": "model" if use_model else "fallback", "reason": reason})
         picks["lowest_pvalue"] = greedy(c1, c2, pvalue(val), k, higher_is_better=False, seed=ws)

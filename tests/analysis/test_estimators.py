@@ -111,3 +111,25 @@ def test_sizing_vol_known_answer_and_no_look_ahead() -> None:
     for before in (300 * tf, 300 * tf + 1800, 301 * tf - 1):
         assert est.sizing_vol(ts, later, before, 50, tf) == pytest.approx(want, rel=1e-12)
     assert math.isnan(est.sizing_vol(ts, close, 2 * tf, 50, tf))  # fewer than three bars
+
+
+def test_zero_crossings_counts_mean_crossings() -> None:
+    t = np.arange(10_000)
+    assert est.zero_crossings(np.sin(2 * np.pi * t / 1000 + 0.1)) == 20  # 10 periods: two crossings each
+    assert est.zero_crossings(np.array([1.0, -1.0, 1.0, -1.0])) == 3
+    assert est.zero_crossings(np.array([1.0, 0.0, 0.0, 1.0, -1.0])) == 3  # mean 0.2: 0.8, -0.2, -0.2, 0.8, -1.2
+    assert est.zero_crossings(np.array([2.0, 2.0, 2.0])) == 0  # constant: no sign at all
+    assert est.zero_crossings(np.array([1.0, np.nan, 2.0])) == 0  # degenerate: 0, never an exception
+    # an OU process crosses its mean far more often than a random walk of the same length
+    rng = np.random.default_rng(4)
+    assert est.zero_crossings(ou(5_000, 5.0, 1.0, rng)) > 10 * est.zero_crossings(np.cumsum(rng.normal(size=5_000)))
+
+
+def test_regression_spread_is_the_engle_granger_residual() -> None:
+    rng = np.random.default_rng(5)
+    y, x = pair(20_000, 1.3, rng)
+    s = est.regression_spread(y, x)
+    b, a = np.polyfit(x, y, 1)
+    assert np.allclose(s, y - a - b * x, atol=1e-9) and abs(s.mean()) < 1e-9
+    assert est.half_life(s) < 100 and est.hurst_exponent(s) < 0.3  # the planted pair's spread is stationary
+    assert est.regression_spread(y, np.ones_like(x)).size == 0  # no slope: empty, no exception

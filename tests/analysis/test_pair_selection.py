@@ -49,3 +49,13 @@ def test_open_pairs_stay_and_no_token_twice(data, opens, cap) -> None:
     assert len(toks) == len(set(toks))
     assert set(open_pairs) <= set(chosen)
     assert len([x for x in out if x.decision == "selected"]) <= max(0, cap - len(open_pairs))
+
+
+def test_a_minus_sort_key_sorts_ascending() -> None:
+    rows = [{"coin1": "A", "coin2": "B", "std": 0.3}, {"coin1": "C", "coin2": "D", "std": 0.1},
+            {"coin1": "E", "coin2": "F", "std": 0.2}, {"coin1": "G", "coin2": "H", "std": None}]
+    asc = [(d.token_1, d.decision) for d in decide(rows, [], {}, "-std", 2)]
+    assert asc[:2] == [("C", "selected"), ("E", "selected")] and ("A", "rejected") in asc
+    desc = [(d.token_1, d.decision) for d in decide(rows, [], {}, "std", 2)]
+    assert desc[:2] == [("A", "selected"), ("E", "selected")]
+    assert [d.token_1 for d in decide(rows, [], {}, "-std", 4)][-1] == "G"  # no value: last either way

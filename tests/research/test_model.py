@@ -23,8 +23,13 @@ from bot.research.dataset import FEATURES, TARGET, windows
 @pytest.fixture(scope="module")
 def cfg():
     base = load(example_path())
+    # the job ranks by the model (sort_key pred) with no threshold in the way, so the gate,
+    # which judges what the job would trade with the model, sees the model's ranking
+    low = base.selection.thresholds.model_copy(update=dict.fromkeys(("pr_rat_ind", "pr_rat_all", "pr_rat_best",
+                                                                      "pred"), -1e9))
     return base.model_copy(update={"model": base.model.model_copy(update={"iterations": 60, "depth": 4}),
-                                   "selection": base.selection.model_copy(update={"max_pairs": 3})})
+                                   "selection": base.selection.model_copy(update={"max_pairs": 3, "sort_key": "pred",
+                                                                                  "thresholds": low})})
 
 
 def synthetic(n_windows: int = 6, n_tokens: int = 8, seed: int = 0) -> pl.DataFrame:

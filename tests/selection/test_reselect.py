@@ -96,6 +96,37 @@ async def test_run_with_fallback_then_with_a_promoted_model(db: Database, market
     assert all(r["pred"] is not None for r in rows2)
 
 
+async def test_the_run_record_says_which_rule_and_why(db: Database, market, cfg) -> None:
+    """Issue 15, item 4: a newer model the gate refused leaves the previous promoted one in use,
+    and the run record names both with the gate's reasons; with none promoted the fallback is
+    used and said; the fallback's own skill (from the newest walk-forward) is recorded and
+    `bot status` shows it."""
+    from bot.core import status as st
+
+    model = mdl.fit_catboost(synthetic(), cfg)
+    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    mdl.save_model(model, cfg.model.dir, {"promoted": False, "gate": "refused: not 2 SE above random",
+                                          "fallback_skill": "the fallback rule: NO skill shown"}, 5, now=t0)
+    rep = await reselect(db, cfg, now=market.end)
+    assert "no promoted model" in rep.model and "refused: not 2 SE above random" in rep.model
+    async with db.pool.acquire() as conn:
+        details = await conn.fetchval("SELECT details FROM selection_runs WHERE id = $1", rep.run_id)
+    assert "NO skill shown" in details and "refused" in details
+    mdl.save_model(model, cfg.model.dir, {"promoted": True, "gate": "passed: +3 SE"}, 5, now=t0 + dt.timedelta(1))
+    mdl.save_model(model, cfg.model.dir, {"promoted": False, "gate": "refused: worse than the fallback rule",
+                                          "fallback_skill": "the fallback rule: skill shown"}, 5,
+                   now=t0 + dt.timedelta(2))
+    rep = await reselect(db, cfg, now=market.end)
+    assert rep.model.startswith("model-20260102") and "passed: +3 SE" in rep.model
+    assert "newer model model-20260103" in rep.model and "worse than the fallback rule" in rep.model
+    status = await st.gather(db, cfg, now=market.end)
+    assert status["selection"]["run_id"] == rep.run_id and "skill shown" in status["selection"]["fallback_skill"]
+    text = st.render(status)
+    assert f"selection: run {rep.run_id}" in text and "the fallback rule: skill shown" in text
+    for f in Path(cfg.model.dir).glob("model-*"):
+        f.unlink()
+
+
 async def test_open_position_pair_is_kept(db: Database, market, cfg) -> None:
     rows, _ = await _state(db, cfg)
     g = market.groups[0]

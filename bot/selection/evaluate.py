@@ -213,7 +213,8 @@ def evaluate(frame: pl.DataFrame, cfg: BotConfig, *, min_train_windows: int = 4,
              holdout_after: Any = None, thread_count: int = -1,
              progress: Callable[[int, int], None] | None = None) -> Evaluation:
     """Every method on every window of `frame` (module docstring). Windows whose test
-    ends after `holdout_after` (a datetime) are the holdout, the others tuning."""
+    ends after `holdout_after` (a datetime) are the holdout, the others tuning; without
+    `holdout_after` every window is in one split, "all"."""
     from catboost import CatBoostError
 
     from bot.research.model import ModelError
@@ -230,7 +231,7 @@ def evaluate(frame: pl.DataFrame, cfg: BotConfig, *, min_train_windows: int = 4,
     for n, w in enumerate(wins):
         val = data.filter(pl.col("window_id") == w)
         end = val["end_time"][0]
-        split = "holdout" if holdout_after is not None and end > holdout_after else "tuning"
+        split = "all" if holdout_after is None else ("holdout" if end > holdout_after else "tuning")
         c1, c2 = val["coin1"].to_list(), val["coin2"].to_list()
         ws = (seed, int(w))
         picks: dict[str, list[int]] = {}
@@ -293,8 +294,9 @@ def evaluate(frame: pl.DataFrame, cfg: BotConfig, *, min_train_windows: int = 4,
 def summarise(per_window: pl.DataFrame) -> pl.DataFrame:
     """Per split (tuning, holdout, all) and method: the figures of the module docstring."""
     out = []
-    splits = [s for s in ("tuning", "holdout") if s in per_window["split"].unique().to_list()]
-    for split in ([*splits, "all"] if len(splits) > 1 else splits):
+    have = per_window["split"].unique().to_list()
+    splits = [s for s in ("tuning", "holdout") if s in have]
+    for split in ([*splits, "all"] if splits else ["all"] if have else []):
         part = per_window if split == "all" else per_window.filter(pl.col("split") == split)
         rnd = dict(zip(*part.filter(pl.col("method") == "random").select("window_id", "per_pick")
                        .to_dict(as_series=False).values(), strict=True))

@@ -47,7 +47,7 @@ def frame(n_windows: int = 8, n_tokens: int = 8, seed: int = 0, signal: float = 
     return pl.DataFrame(rows)
 
 
-def by(e: ev.Evaluation, method: str, split: str = "tuning") -> dict:
+def by(e: ev.Evaluation, method: str, split: str = "all") -> dict:
     return e.summary.filter((pl.col("method") == method) & (pl.col("split") == split)).row(0, named=True)
 
 
@@ -169,5 +169,6 @@ def test_holdout_windows_are_reported_apart(cfg) -> None:
 
 def test_the_verdict_says_no_skill_on_noise(cfg) -> None:
     e = ev.evaluate(frame(n_windows=6, signal=0.0, seed=9), cfg, min_train_windows=2, random_draws=50)
-    text = ev.verdict(e.summary, "tuning")
+    assert set(e.summary["split"].to_list()) == {"all"}  # no holdout asked for: one split
+    text = ev.verdict(e.summary, "all")
     assert "shows NO skill" in text and "SE" in text

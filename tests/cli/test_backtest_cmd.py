@@ -67,7 +67,8 @@ async def test_backtest_and_research_give_identical_trades(db: Database) -> None
 
     base = load(example_path())
     cfg = base.model_copy(update={"strategy": base.strategy.model_copy(update={
-        "wind": 48, "min_order_size": 0.0, "qty_method": "vol_neutral", "thresh_in": 1.6, "thresh_out": 0.2,
+        "wind": 48, "min_order_size": 0.0, "qty_method": "vol_neutral", "thresh_in": 1.2, "thresh_out": 0.2,
+        "sl_method": "cooldown",
         "median_length": 3})})
     market = generate(n_symbols=10, days=12, quote_interval_s=60.0, seed=4)
     g = market.groups[0]
@@ -97,7 +98,7 @@ async def test_backtest_and_research_give_identical_trades(db: Database) -> None
     (o,) = rep.outcomes
     research = [{k: r[k] for k in TRADE_KEYS} for r in o.trade_records]
     ours = [{k: r[k] for k in TRADE_KEYS} for r in run.trades.iter_rows(named=True)]
-    assert len(ours) >= 3 and ours == research
+    assert len(ours) >= 2 and ours == research
     assert run.skipped_entries > 0 and run.skipped_entries == o.summaries[0]["skipped_entries"]
     assert 0 < run.coverage < 1
     assert run.metrics["pr"] == o.summaries[0]["pr"]

@@ -115,13 +115,15 @@ async def run_loop(db: Any, cfg: BotConfig, market: Any, work: Path,
     print(f"[5/6] model: walk-forward validation on {frame.height} rows, then the final fit", flush=True)
     promoted = False
     if frame.height and frame["window_id"].n_unique() > 2:
+        from bot.selection.evaluate import GATE_VERSION
+
         wf = mdl.walk_forward(frame, dcfg, min_train_windows=2, random_draws=100)
         from bot.cli.model_cmds import print_walk_forward
 
         print_walk_forward(wf)
         promoted = wf.promoted
         mdl.save_model(mdl.fit_catboost(frame, dcfg), dcfg.model.dir, {"promoted": promoted, "gate": wf.reason,
-                                                                   "fallback_skill": wf.fallback_skill},
+                                                                   "fallback_skill": wf.fallback_skill, "gate_version": GATE_VERSION},
                        dcfg.model.keep_last)
     else:
         print("  too few windows for a walk-forward: no model (the re-selection uses the fallback sort)")

@@ -60,6 +60,10 @@ def _check(args: argparse.Namespace, cfg: BotConfig) -> dict[str, Any]:
     if args.dataset:
         if args.files or args.pairs:
             p.messages.append("--dataset: evaluates a built dataset; --files and --pairs do not apply")
+        if args.iters is not None or args.workers is not None:
+            p.messages.append("--dataset: the dataset is built already; --iters and --workers do not apply")
+        if args.start or args.end:
+            p.messages.append("--dataset: the dataset's windows are its own; --start and --end do not apply")
         got["dataset"] = Path(args.dataset)
     else:
         if not args.start or not args.end:
@@ -68,6 +72,13 @@ def _check(args: argparse.Namespace, cfg: BotConfig) -> dict[str, Any]:
             got["start"] = p.check(parse_time, args.start, "--start")
             got["end"] = p.check(parse_time, args.end, "--end")
             p.check(window, got["start"], got["end"])
+            from bot.research.dataset import windows
+
+            m = cfg.model
+            if got["start"] and got["end"] and got["end"] > got["start"] and not windows(
+                    got["start"], got["end"], m.train_days, m.test_days):
+                p.messages.append(f"--start .. --end: shorter than one window of model.train_days + "
+                                  f"model.test_days = {m.train_days} + {m.test_days} days")
         for f in args.files or []:
             if not Path(f).is_file():
                 p.messages.append(f"--files: no such file: {f}")
@@ -108,13 +119,11 @@ async def _build(db: Any, cfg: BotConfig, got: dict[str, Any], args: argparse.Na
     if len(pairs) < 2:
         raise UsageError(f"fewer than two candidate pairs ({len(pairs)}): nothing to compare")
     wins = windows(start, end, cfg.model.train_days, cfg.model.test_days)
-    if not wins:
-        raise UsageError(f"--start .. --end: shorter than one window of model.train_days + model.test_days = "
-                         f"{cfg.model.train_days} + {cfg.model.test_days} days")
     print(f"{len(pairs)} pairs, {len(wins)} windows of {cfg.model.train_days} + {cfg.model.test_days} days, "
           f"fee_rate {cfg.strategy.fee_rate:g}", flush=True)
     _, frame = await build_dataset(db, cfg, pairs, start, end, iters=args.iters, workers=args.workers,
-                                   assume_instruments=assume, say=lambda line: print(line, flush=True))
+                                   assume_instruments=assume, say=lambda line: print(line, flush=True),
+                                   kind="evaluate-dataset")
     return frame
 
 
@@ -166,8 +175,11 @@ def plot_cumulative(per_window: pl.DataFrame, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(10, 5.5))
     ceiling = ""
     methods = per_window["method"].unique(maintain_order=True).to_list()
+    all_w = pl.DataFrame({"window_id": sorted(per_window["window_id"].unique().to_list())},
+                         schema={"window_id": pl.Int64})
     for method in [m for m in methods if m != "bot"] + (["bot"] if "bot" in methods else []):
-        rows = per_window.filter(pl.col("method") == method).sort("window_id")
+        # every method over every window (a window where it did not run adds 0), so the curves compare
+        rows = all_w.join(per_window.filter(pl.col("method") == method), on="window_id", how="left")
         cum = rows["total"].fill_null(0.0).cum_sum().to_list()
         if method == "hindsight":  # an order of magnitude above the rest: named, not drawn
             ceiling = f" (hindsight ceiling: {cum[-1]:+.0f} %)"
@@ -206,11 +218,13 @@ def report_text(ev: Any, cfg: BotConfig, header: str) -> str:
     splits = ev.summary["split"].unique(maintain_order=True).to_list()
     for split in splits:
         lines.append(verdict(ev.summary, split, cfg.model.min_skill_se))
+    from bot.selection.evaluate import skill_line
+
     rules = [g["rule"] for g in ev.gates]
-    lines.append(f"bot rule per window: model in {rules.count('model')}, fallback ({cfg.model.fallback_sort}) in "
-                 f"{rules.count('fallback')}; last gate: {ev.gates[-1]['reason'] if ev.gates else '-'}")
-    if ev.fallback_skill is not None:
-        lines.append(f"fallback rule: {ev.fallback_skill.reason.split(';')[0]}")
+    lines.append(f"bot rule per window: new model in {rules.count('model')}, kept model in "
+                 f"{rules.count('kept model')}, fallback ({cfg.model.fallback_sort}) in {rules.count('fallback')}; "
+                 f"last gate: {ev.gates[-1]['reason'] if ev.gates else '-'}")
+    lines.append(skill_line(ev.fallback_skill, cfg.model.min_skill_se, cfg.model.fallback_sort))
     return "\n".join(lines)
 
 
@@ -223,6 +237,21 @@ def cmd_evaluate(args: argparse.Namespace, cfg: BotConfig) -> int:
     frame = _dataset(cfg, got, args)
     if not frame.height or frame["window_id"].n_unique() < 2:
         raise UsageError("the dataset holds fewer than two windows with rows: nothing to evaluate")
+    from bot.selection.evaluate import check_windows
+
+    try:
+        check_windows(frame)
+    except ValueError as err:
+        raise UsageError(f"{got.get('dataset', 'the dataset')}: {err}") from None
+    n_w = frame["window_id"].n_unique()
+    if args.min_train_windows >= n_w:
+        print(f"note: --min-train-windows {args.min_train_windows} >= the {n_w} windows: no model is trained; "
+              "the bot's selection is its fallback rule throughout")
+    if got["holdout"] is not None:
+        late = int((frame.group_by("window_id").agg(pl.col("end_time").first())["end_time"] > got["holdout"]).sum())
+        if late in (0, n_w):
+            print(f"note: --holdout-after {got['holdout']:%Y-%m-%d}: {'no' if late == 0 else 'every'} window ends "
+                  "after it; the report has one split")
     t1 = time.perf_counter()
     ev = evaluate(frame, cfg, min_train_windows=args.min_train_windows, random_draws=args.draws,
                   holdout_after=got["holdout"], progress=_bar)

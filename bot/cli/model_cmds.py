@@ -143,6 +143,8 @@ def cmd_train(args: argparse.Namespace, cfg: BotConfig) -> int:
                 await db.close()
 
         frame = asyncio.run(get())
+    from bot.selection.evaluate import GATE_VERSION
+
     wf = walk_forward(frame, cfg, min_train_windows=args.min_train_windows)
     print_walk_forward(wf)
     model = fit_catboost(frame, cfg)
@@ -150,7 +152,8 @@ def cmd_train(args: argparse.Namespace, cfg: BotConfig) -> int:
     meta = {"train_range": [str(frame["train_start"].min()), str(frame["end_time"].max())],
             "rows": frame.height, "windows": int(frame["window_id"].n_unique()), "validation": summary,
             "target": wf.target, "judged_by": "pr_test", "picks_per_window": wf.k,
-            "promoted": wf.promoted, "gate": wf.reason, "fallback_skill": wf.fallback_skill, "params": cfg.model.model_dump()}
+            "promoted": wf.promoted, "gate": wf.reason, "fallback_skill": wf.fallback_skill, "gate_version": GATE_VERSION,
+            "params": cfg.model.model_dump()}
     try:
         previous = latest_model(cfg.model.dir).path.name
     except ModelError:

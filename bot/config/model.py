@@ -120,6 +120,20 @@ class SelectionThresholds(_Section):
     pred: float = 0.4
 
 
+# what a sort key may name (statistics columns of bot.research.pair_job.STATS_COLUMNS that
+# are features, and the model's pred; a test keeps the two lists equal); `-name` sorts ascending
+SORTABLE = ("std_1", "std_2", "corr", "dist", "std", "pv_1", "pv_2", "pr_ind", "pr_rat_ind", "avg_pr_all",
+            "pr_rat_all", "pr_best", "pr_rat_best", "loss_best", "max_drdn_best", "dur_best", "trades_best",
+            "coverage", "zero_cross", "half_life_h", "hurst", "pos_share_all", "pred")
+
+
+def _sort_key(v: str) -> str:
+    if v.removeprefix("-") not in SORTABLE:
+        raise ValueError(f"must name a statistics column or pred, optionally with a leading - for ascending "
+                         f"(got {v!r}; one of {', '.join(SORTABLE)})")
+    return v
+
+
 class SelectionConfig(_Section):
     """The re-selection job (selection.md section 6)."""
 
@@ -133,6 +147,8 @@ class SelectionConfig(_Section):
     max_data_age_h: float = Field(6.0, gt=0)
     min_evaluated_share: float = Field(0.5, ge=0, le=1)
     allow_empty: bool = False
+
+    _sort = field_validator("sort_key")(_sort_key)
 
 
 class ModelConfig(_Section):
@@ -151,6 +167,13 @@ class ModelConfig(_Section):
     dir: str = "models"
     # what the model learns (the walk-forward always judges picks by realised pr_test)
     target: ModelTarget = "pr_rat_test"
+
+    @field_validator("fallback_sort")
+    @classmethod
+    def _fallback(cls, v: str) -> str:
+        if v.removeprefix("-") == "pred":
+            raise ValueError("the fallback rule runs without a model: it cannot sort by pred")
+        return _sort_key(v)
 
 
 class ScheduleConfig(_Section):

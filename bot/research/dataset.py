@@ -102,12 +102,15 @@ def _spans(ids: list[int] | set[int]) -> str:
 async def build_dataset(db: Any, cfg: BotConfig, pairs: list[tuple[str, str]], start: dt.datetime,
                         end: dt.datetime, *, iters: int | None = None, seed: int | None = None,
                         workers: int | None = None, assume_instruments: bool = False, resume: bool = True,
-                        executor: Any = None, say: Callable[[str], None] | None = None) -> tuple[int, pl.DataFrame]:
+                        executor: Any = None, say: Callable[[str], None] | None = None,
+                        kind: str = "dataset") -> tuple[int, pl.DataFrame]:
     """Run every window not yet committed, committing each one's rows to `model_dataset`
     as it finishes; returns (dataset_id, every row of the build, as `load_dataset` reads them).
 
     `resume=False` starts a new build even when an unfinished one has the same arguments.
     `say` gets the user-facing lines (resuming, per window); default: the log.
+    `kind`: the backtest_runs kind; `bot evaluate` builds "evaluate-dataset" so that
+    `bot train` (the newest finished "dataset") never trains on an evaluation's rows.
     """
     from bot.core.db import research as repo
 
@@ -120,6 +123,9 @@ async def build_dataset(db: Any, cfg: BotConfig, pairs: list[tuple[str, str]], s
     seed = cfg.research.seed if seed is None else seed
     sets = sample_params(cfg.research, cfg.strategy, iters, seed)
     args, digest = build_args(cfg, pairs, start, end, iters, seed, assume_instruments, sets)
+    if kind != "dataset":  # its own resume key: a `bot dataset` never continues an evaluation's build
+        args["kind"] = kind
+        digest = hashlib.sha256(json.dumps(args, sort_keys=True, default=str).encode()).hexdigest()
     pool = getattr(db, "pool", db)
     async with pool.acquire() as lock:
         key = int(digest[:15], 16)  # 60 bits: a signed bigint
@@ -129,7 +135,7 @@ async def build_dataset(db: Any, cfg: BotConfig, pairs: list[tuple[str, str]], s
         try:
             dataset_id, done = await _resumable(lock, digest) if resume else (None, [])
             if dataset_id is None:
-                dataset_id = await repo.start_run(pool, "dataset", {"windows": len(wins), "pairs": len(pairs),
+                dataset_id = await repo.start_run(pool, kind, {"windows": len(wins), "pairs": len(pairs),
                                                                     "args_hash": digest})
                 await lock.execute("INSERT INTO dataset_builds (dataset_id, args_hash, args, windows)"
                                    " VALUES ($1, $2, $3::jsonb, $4)", dataset_id, digest, json.dumps(args), len(wins))
@@ -223,6 +229,11 @@ async def load_dataset(pool: Any, dataset_id: int | None = None) -> pl.DataFrame
                 " AND EXISTS (SELECT 1 FROM model_dataset d WHERE d.dataset_id = r.id)")
             if dataset_id is None:
                 raise ValueError("no finished dataset stored: run `bot dataset` first")
+        version = await conn.fetchval("SELECT (args->>'version')::int FROM dataset_builds WHERE dataset_id = $1",
+                                      dataset_id)
+        if version is not None and version < DATASET_VERSION:
+            raise ValueError(f"dataset {dataset_id} predates the spread-shape columns (zero_cross, half_life_h, "
+                             "hurst, pos_share_all, fees_test): rebuild it with `bot dataset`")
         rows = await conn.fetch("SELECT * FROM model_dataset WHERE dataset_id = $1 ORDER BY window_id, coin1, coin2",
                                 dataset_id)
     if not rows:

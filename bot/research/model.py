@@ -253,11 +253,12 @@ def walk_forward(frame: pl.DataFrame, cfg: BotConfig, *, min_train_windows: int 
         return {"window_id": w, "method": method, "rows": val.height, "rmse": rmse, "sel_value": sel_value,
                 "sel_n": sel_n, "pick_profit": None if picks is None else _pick_profit(val, picks), "picks": names}
 
-    from bot.selection.evaluate import gate_decision, job_picks
+    from bot.selection.evaluate import gate_decision, job_picks, skill_line
 
     for w in wins[min_train_windows:]:
-        train = data.filter(pl.col("window_id") < w)
         val = data.filter(pl.col("window_id") == w)
+        # rows whose test had ended by this window's valid_time (window_id < w when the step is test_days)
+        train = data.filter((pl.col("window_id") != w) & (pl.col("end_time") <= val["valid_time"][0]))
         n_rows[w] = val.height
         judge = val.get_column(JUDGE).cast(pl.Float64).fill_null(np.nan).to_numpy()
         xt, yt = _xy(train, target)
@@ -310,10 +311,7 @@ def walk_forward(frame: pl.DataFrame, cfg: BotConfig, *, min_train_windows: int 
     gate = gate_decision(series("selection"), series("random"), series("fallback"), cfg.model.min_skill_se)
     fb = gate_decision(series("fallback"), series("random"), series("fallback"), cfg.model.min_skill_se,
                        "the fallback rule")
-    fb_skill = fb.windows >= 2 and fb.diff > 0 and fb.diff > cfg.model.min_skill_se * fb.se
-    fb_text = (f"the fallback rule ({cfg.model.fallback_sort}) against random: {fb.diff:+.3f} %/pick/window, "
-               f"SE {fb.se:.3f} over {fb.windows} windows: "
-               + (f"skill shown ({cfg.model.min_skill_se:g} SE)" if fb_skill else "NO skill shown"))
+    fb_text = skill_line(fb, cfg.model.min_skill_se, cfg.model.fallback_sort)
     imp = sorted(zip(FEATURES, (importances / max(n_w, 1)).tolist(), strict=True), key=lambda t: -t[1])
     return WalkForward(per, summary, imp, gate.promoted, gate.reason, target, k, n_rows, thr, fb_text)
 

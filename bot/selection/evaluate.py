@@ -9,11 +9,12 @@ window's best set), `trades_test`, `fees_test`.
 Methods, each picking at most K = selection.max_pairs pairs per window, greedy, no
 token used twice:
 - bot: the selection as the re-selection job makes it at that window. A model
-  trained on the windows before it (never on the window itself: window j's test
-  ends at window j + 1's valid_time, so every earlier target is known) is used
-  when the gate of `gate_decision` passes on the validation windows before it
-  (its paired difference over random > model.min_skill_se SE AND not worse than the
-  fallback rule); otherwise the fallback rule. Thresholds, sort key, cap: the job's
+  trained on the rows whose test had ended by the window's valid_time (never the
+  window itself, whatever the step) is used when the gate of `gate_decision` passes
+  on those earlier validation windows (its paired difference over random >
+  model.min_skill_se SE AND not worse than the fallback rule); otherwise the model
+  promoted earlier, if any (the job keeps its previous promoted model), else the
+  fallback rule. Thresholds, sort key, cap: the job's
   (`bot.analysis.pair_selection.decide`).
 - model: the job with the model always (no gate); fallback: the job with the
   fallback rule always (`model.fallback_sort`, no pred threshold).
@@ -58,6 +59,7 @@ COINT_MAX_HURST = 0.5
 COINT_HALF_LIFE_H = (1.0, 168.0)
 COINT_MIN_CROSSINGS = 12
 MIN_GATE_WINDOWS = 3  # validation windows with picks the gate needs before it can promote
+GATE_VERSION = 2  # saved in a model's metadata: promotions by an older (weaker) gate are not used
 
 
 def greedy(c1: Sequence[str], c2: Sequence[str], score: np.ndarray, k: int, higher_is_better: bool = True,
@@ -125,18 +127,22 @@ class WindowPicks:
     per_pick: float | None
     total: float
     profitable: int
-    trades: float
-    fees: float
+    trades: float | None  # None: the dataset does not hold the figure (an older build)
+    fees: float | None
     names: list[str]
+
+
+def _known_sum(val: pl.DataFrame, name: str, picks: list[int]) -> float | None:
+    """The picks' sum of a test figure; None when the dataset does not hold it (an older build)."""
+    values = _col(val, name)
+    return None if not np.isfinite(values).any() else float(np.nansum(values[picks]))
 
 
 def _measure(val: pl.DataFrame, picks: list[int]) -> WindowPicks:
     pr = np.nan_to_num(_col(val, JUDGE)[picks], nan=0.0)
-    tr = np.nan_to_num(_col(val, "trades_test")[picks], nan=0.0)
-    fe = np.nan_to_num(_col(val, "fees_test")[picks], nan=0.0)
     names = [f"{val['coin1'][i]}/{val['coin2'][i]}" for i in picks]
     return WindowPicks(len(picks), float(pr.mean()) if picks else None, float(pr.sum()), int((pr > 0).sum()),
-                       float(tr.sum()), float(fe.sum()), names)
+                       _known_sum(val, "trades_test", picks), _known_sum(val, "fees_test", picks), names)
 
 
 def _random(val: pl.DataFrame, k: int, draws: int, seed: int) -> WindowPicks:
@@ -147,10 +153,13 @@ def _random(val: pl.DataFrame, k: int, draws: int, seed: int) -> WindowPicks:
         score = np.array([rng.random() for _ in range(val.height)])
         got.append(_measure(val, greedy(c1, c2, score, k)))
     n = float(np.mean([g.picks for g in got]))
-    return WindowPicks(int(round(n)), float(np.mean([g.per_pick for g in got if g.per_pick is not None]))
-                       if any(g.per_pick is not None for g in got) else None,
-                       float(np.mean([g.total for g in got])), int(round(np.mean([g.profitable for g in got]))),
-                       float(np.mean([g.trades for g in got])), float(np.mean([g.fees for g in got])), [])
+    def mean(xs: list[float | None]) -> float | None:
+        known = [x for x in xs if x is not None]
+        return float(np.mean(known)) if known else None
+
+    return WindowPicks(int(round(n)), mean([g.per_pick for g in got]), float(np.mean([g.total for g in got])),
+                       int(round(np.mean([g.profitable for g in got]))), mean([g.trades for g in got]),
+                       mean([g.fees for g in got]), [])
 
 
 @dataclass
@@ -161,6 +170,7 @@ class GateDecision:
     se: float
     vs_fallback: float
     windows: int
+    skill: bool = False  # beats random: >= MIN_GATE_WINDOWS windows with picks, diff > 0 and > min_skill_se SE
 
 
 def gate_decision(model: Sequence[float | None], rand: Sequence[float | None], fallback: Sequence[float | None],
@@ -170,7 +180,8 @@ def gate_decision(model: Sequence[float | None], rand: Sequence[float | None], f
     rule. Promoted only when, over the windows where the model picked something, the
     mean paired difference over random is > 0 and > min_skill_se standard errors,
     there are at least MIN_GATE_WINDOWS such windows, and the mean paired difference
-    with the fallback (windows where both picked) is >= 0."""
+    with the fallback (windows where both picked) is >= 0 without being exactly 0 in
+    every window (a model whose picks are the fallback's adds nothing)."""
     d = np.array([m - r for m, r in zip(model, rand, strict=True) if m is not None and r is not None])
     f = np.array([m - b for m, b in zip(model, fallback, strict=True) if m is not None and b is not None])
     n = d.size
@@ -182,14 +193,27 @@ def gate_decision(model: Sequence[float | None], rand: Sequence[float | None], f
                                    f"{MIN_GATE_WINDOWS}: not promoted", diff, se, vs_fb, n)
     beats = diff > 0 and diff > min_skill_se * se
     not_worse = (not f.size) or vs_fb >= 0
-    verdict = "promoted" if beats and not_worse else "not promoted"
+    adds = (not f.size) or bool(np.any(f != 0))
+    ok = beats and not_worse and adds
     why = [] if beats else [f"not {min_skill_se:g} SE above random"]
     if not not_worse:
         why.append("worse than the fallback rule")
-    return GateDecision(beats and not_worse,
-                        f"{what} beats random picks by {diff:+.3f} %/pick/window, SE {se:.3f} ({n} windows), "
-                        f"{vs_fb:+.3f} against the fallback rule; gate {min_skill_se:g} SE and not worse than the "
-                        f"fallback: {verdict}" + (f" ({'; '.join(why)})" if why else ""), diff, se, vs_fb, n)
+    elif not adds:
+        why.append("its picks are the fallback rule's in every window: it adds nothing")
+    fb_part = "" if what == "the fallback rule" else f", {vs_fb:+.3f} against the fallback rule"
+    return GateDecision(ok, f"{what} against random picks: {diff:+.3f} %/pick/window, SE {se:.3f} ({n} windows)"
+                            f"{fb_part}; gate {min_skill_se:g} SE and not worse than the fallback: "
+                            f"{'promoted' if ok else 'not promoted'}" + (f" ({'; '.join(why)})" if why else ""),
+                        diff, se, vs_fb, n, beats)
+
+
+def skill_line(g: GateDecision | None, min_skill_se: float, rule: str) -> str:
+    """One line on the fallback rule's own skill against random (the run record, bot status)."""
+    if g is None or g.windows == 0:
+        return f"the fallback rule ({rule}) against random: not measured (no window)"
+    verdict = f"skill shown ({min_skill_se:g} SE)" if g.skill else "NO skill shown"
+    return (f"the fallback rule ({rule}) against random: {g.diff:+.3f} %/pick/window, SE {g.se:.3f} over "
+            f"{g.windows} windows: {verdict}")
 
 
 @dataclass
@@ -201,12 +225,41 @@ class Evaluation:
     fallback_skill: GateDecision | None
 
 
-def _fit_predict(train: pl.DataFrame, val: pl.DataFrame, cfg: BotConfig, thread_count: int) -> np.ndarray:
+def _fit(train: pl.DataFrame, cfg: BotConfig, thread_count: int) -> Any:
     from bot.research.model import fit_catboost
 
-    model = fit_catboost(train, cfg, thread_count)
+    return fit_catboost(train, cfg, thread_count)
+
+
+def _predict(model: Any, val: pl.DataFrame) -> np.ndarray:
     x = val.select([pl.col(f).cast(pl.Float64) for f in FEATURES]).to_numpy()
     return np.asarray(model.predict(x), dtype=np.float64)
+
+
+def check_windows(frame: pl.DataFrame) -> pl.DataFrame:
+    """The dataset sorted, or a ValueError: one (train_start, valid_time, end_time) per
+    window, windows in time order, no (window, pair) twice, and some test profit."""
+    need = [c for c in ("window_id", "train_start", "valid_time", "end_time", "coin1", "coin2", JUDGE)
+            if c not in frame.columns]
+    if need:
+        raise ValueError(f"the dataset lacks the columns {need}")
+    spans = frame.group_by("window_id").agg(pl.col("train_start").n_unique().alias("a"),
+                                            pl.col("valid_time").n_unique().alias("b"),
+                                            pl.col("end_time").n_unique().alias("c"),
+                                            pl.col("valid_time").first()).sort("window_id")
+    bad = spans.filter((pl.col("a") > 1) | (pl.col("b") > 1) | (pl.col("c") > 1))["window_id"].to_list()
+    if bad:
+        raise ValueError(f"windows {bad[:5]} hold rows of different train/test periods")
+    if not spans["valid_time"].is_sorted():
+        raise ValueError("window ids are not in time order (valid_time must grow with window_id)")
+    dup = frame.group_by("window_id", "coin1", "coin2").len().filter(pl.col("len") > 1)
+    if dup.height:
+        r = dup.row(0, named=True)
+        raise ValueError(f"{dup.height} (window, pair) rows appear more than once, e.g. window {r['window_id']} "
+                         f"{r['coin1']}/{r['coin2']}")
+    if frame[JUDGE].drop_nulls().drop_nans().len() == 0:
+        raise ValueError(f"no row has a test profit ({JUDGE}): nothing to judge")
+    return frame.sort(["window_id", "coin1", "coin2"])
 
 
 def evaluate(frame: pl.DataFrame, cfg: BotConfig, *, min_train_windows: int = 4, random_draws: int = 200,
@@ -214,12 +267,17 @@ def evaluate(frame: pl.DataFrame, cfg: BotConfig, *, min_train_windows: int = 4,
              progress: Callable[[int, int], None] | None = None) -> Evaluation:
     """Every method on every window of `frame` (module docstring). Windows whose test
     ends after `holdout_after` (a datetime) are the holdout, the others tuning; without
-    `holdout_after` every window is in one split, "all"."""
+    `holdout_after` every window is in one split, "all".
+
+    Time: the model of window k trains on the rows whose test ended by k's valid_time
+    (end_time <= valid_time, whatever the step), and the gate at window k judges only
+    those validation windows; a model the gate promoted stays in use (as the job keeps
+    its previous promoted model) until a newer one passes."""
     from catboost import CatBoostError
 
     from bot.research.model import ModelError
 
-    data = frame.sort(["window_id", "coin1", "coin2"])
+    data = check_windows(frame)
     wins = sorted(data["window_id"].unique().to_list())
     k = cfg.selection.max_pairs
     seed = cfg.model.random_seed
@@ -227,44 +285,63 @@ def evaluate(frame: pl.DataFrame, cfg: BotConfig, *, min_train_windows: int = 4,
     per: list[dict[str, Any]] = []
     flags: list[pl.DataFrame] = []
     gates: list[dict[str, Any]] = []
-    hist: dict[str, list[float | None]] = {"model": [], "random": [], "fallback": []}
+    # per validation window: (its end_time, model-as-job, random, fallback-as-job per-pick profits)
+    hist: list[tuple[Any, float | None, float | None, float | None]] = []
+    every: dict[str, list[float | None]] = {"random": [], "fallback": []}  # the fallback's skill: all windows
+    kept: tuple[Any, int] | None = None  # the promoted model in use and the window it was promoted at
     for n, w in enumerate(wins):
         val = data.filter(pl.col("window_id") == w)
-        end = val["end_time"][0]
+        end, valid = val["end_time"][0], val["valid_time"][0]
         split = "all" if holdout_after is None else ("holdout" if end > holdout_after else "tuning")
         c1, c2 = val["coin1"].to_list(), val["coin2"].to_list()
         ws = (seed, int(w))
         picks: dict[str, list[int]] = {}
-        train = data.filter((pl.col("window_id") < w) & pl.col(target).is_not_null() & pl.col(target).is_finite())
+        train = data.filter((pl.col("end_time") <= valid) & pl.col(target).is_not_null() & pl.col(target).is_finite())
+        known = train["window_id"].n_unique()
         pred = None
-        why_none = f"no model yet (trained from window {min_train_windows + 1} on)"
-        if n >= min_train_windows and train.height >= 10:
+        model = None
+        if known < min_train_windows:
+            why_none = (f"no model: {known} earlier window(s) with a known test (--min-train-windows "
+                        f"{min_train_windows})")
+        elif train.height < 10:
+            why_none = f"no model: {train.height} training rows with a {target} (10 needed)"
+        else:
             try:
-                pred = _fit_predict(train, val, cfg, thread_count)
+                model = _fit(train, cfg, thread_count)
+                pred = _predict(model, val)
             except (ModelError, CatBoostError) as err:  # e.g. every target equal: nothing to learn
-                why_none = f"no model: {str(err).splitlines()[0][:160]}"
+                why_none = f"no model: {str(err).strip().splitlines()[-1][:160]}"
         picks["fallback"] = job_picks(val, cfg, None)
         rand = _random(val, k, random_draws, 1000 + int(w))
         fb = _measure(val, picks["fallback"])
+        rule = "fallback"
         if pred is not None:
             picks["model"] = job_picks(val, cfg, pred)
-            gate = gate_decision(hist["model"], hist["random"], hist["fallback"], cfg.model.min_skill_se)
-            use_model = gate.promoted
+            seen = [h for h in hist if h[0] <= valid]
+            gate = gate_decision([h[1] for h in seen], [h[2] for h in seen], [h[3] for h in seen],
+                                 cfg.model.min_skill_se)
             reason = gate.reason
+            if gate.promoted:
+                kept, rule = (model, int(w)), "model"
         else:
-            use_model, reason = False, why_none
-        picks["bot"] = picks["model"] if use_model else picks["fallback"]
-        gates.append({"window_id": w, "rule": "model" if use_model else "fallback", "reason": reason})
+            reason = why_none
+        if rule == "model":
+            picks["bot"] = picks["model"]
+        elif kept is not None:  # the job keeps its previous promoted model
+            picks["bot"] = job_picks(val, cfg, _predict(kept[0], val))
+            rule, reason = "kept model", f"{reason}; keeps the model promoted at window {kept[1]}"
+        else:
+            picks["bot"] = picks["fallback"]
+        gates.append({"window_id": w, "rule": rule, "reason": reason})
         picks["lowest_pvalue"] = greedy(c1, c2, pvalue(val), k, higher_is_better=False, seed=ws)
         picks["coint_filter"] = greedy(c1, c2, pvalue(val), k, higher_is_better=False, seed=ws,
                                        eligible=coint_filter(val))
         picks["train_pr_rat"] = greedy(c1, c2, _col(val, "pr_rat_all"), k, seed=ws)
         picks["hindsight"] = greedy(c1, c2, _col(val, JUDGE), k, seed=ws)
         if pred is not None:
-            m = _measure(val, picks["model"])
-            hist["model"].append(m.per_pick)
-            hist["random"].append(rand.per_pick)
-            hist["fallback"].append(fb.per_pick)
+            hist.append((end, _measure(val, picks["model"]).per_pick, rand.per_pick, fb.per_pick))
+        every["random"].append(rand.per_pick)
+        every["fallback"].append(fb.per_pick)
         for method in METHODS:
             if method not in picks and method != "random":
                 continue
@@ -283,10 +360,8 @@ def evaluate(frame: pl.DataFrame, cfg: BotConfig, *, min_train_windows: int = 4,
                               "per_pick": pl.Float64, "total": pl.Float64, "profitable": pl.Int64,
                               "trades": pl.Float64, "fees": pl.Float64, "names": pl.List(pl.Utf8), "rule": pl.Utf8}
     per_window = pl.DataFrame(per, schema=schema)
-    fb_gate = None
-    if hist["fallback"]:
-        fb_gate = gate_decision(hist["fallback"], hist["random"], hist["fallback"], cfg.model.min_skill_se,
-                                "the fallback rule")
+    fb_gate = gate_decision(every["fallback"], every["random"], every["fallback"], cfg.model.min_skill_se,
+                            "the fallback rule") if wins else None
     return Evaluation(pl.concat(flags, how="diagonal_relaxed") if flags else pl.DataFrame(), per_window,
                       summarise(per_window), gates, fb_gate)
 
@@ -317,8 +392,10 @@ def summarise(per_window: pl.DataFrame) -> pl.DataFrame:
                 "diff_se": float(diffs.std(ddof=1) / math.sqrt(diffs.size)) if diffs.size > 1 else None,
                 "total": float(rows["total"].sum()),
                 "profitable_share": float(rows["profitable"].sum() / n_picks) if n_picks else None,
-                "trades_per_pick": float(rows["trades"].sum() / n_picks) if n_picks else None,
-                "fees_per_pick": float(rows["fees"].sum() / n_picks) if n_picks else None,
+                "trades_per_pick": float(rows["trades"].sum() / n_picks) if n_picks and rows["trades"].null_count()
+                < rows.height else None,
+                "fees_per_pick": float(rows["fees"].sum() / n_picks) if n_picks and rows["fees"].null_count()
+                < rows.height else None,
             })
     schema = {"split": pl.Utf8, "method": pl.Utf8, "windows": pl.Int64, "windows_picked": pl.Int64,
               "picks": pl.Int64, "per_pick": pl.Float64, "se": pl.Float64, "diff_vs_random": pl.Float64,
@@ -334,13 +411,15 @@ def verdict(summary: pl.DataFrame, split: str, min_se: float = 2.0) -> str:
         return f"{split}: no window"
     r = rows.row(0, named=True)
     d, se, total = r["diff_vs_random"], r["diff_se"], r["total"]
-    if d is None or se is None:
-        return f"{split}: the bot's selection picked pairs in {r['windows_picked']} window(s): no skill can be shown"
+    if d is None or se is None or se == 0:
+        return (f"{split}: the bot's selection shows NO skill that can be measured: it picked pairs in "
+                f"{r['windows_picked']} window(s)" + ("" if se is None or d is None else
+                                                      f", {d:+.2f} %/pick/window against random with no spread"))
     skill = d > min_se * se and d > 0
     paid = total > 0
     head = ("shows skill" if skill else "shows NO skill") + (" and a profit after fees" if paid else
                                                               ", and no profit after fees" if not skill else
                                                               " but no profit after fees")
     return (f"{split}: the bot's selection {head}: {d:+.2f} +/- {se:.2f} %/pick/window against random "
-            f"({d / se if se else math.inf:+.1f} SE, {min_se:g} needed), total {total:+.1f} % after fees over "
+            f"({d / se:+.1f} SE, {min_se:g} needed), total {total:+.1f} % after fees over "
             f"{r['picks']} picks")

@@ -49,6 +49,7 @@ from bot.research.model import LoadedModel, ModelError, load_model
 from bot.research.pairs_file import read_pairs
 from bot.research.sweep import run_sweep
 from bot.selection import guards
+from bot.selection.evaluate import GATE_VERSION
 from bot.selection.guards import Refusal
 from bot.utils.files import atomic_write_text
 
@@ -95,7 +96,8 @@ async def sync_token_pairs_file(conn: Any, path: Path) -> bool:
 def find_model(directory: str | Path) -> tuple[LoadedModel | None, str]:
     """(newest promoted model, description), or (None, why) when no model was ever
     promoted. The description says which model the job uses and why: newer models the
-    gate did not promote are named with the gate's reason. A promoted model whose file
+    gate did not promote are named with the gate's reason. A model promoted by an
+    older gate (metadata without gate_version >= GATE_VERSION) is not used, and said. A promoted model whose file
     is missing or corrupt raises ModelError: the job must fail loudly rather than
     quietly fall back to an older model."""
     d = Path(directory)
@@ -105,6 +107,12 @@ def find_model(directory: str | Path) -> tuple[LoadedModel | None, str]:
             info = json.loads(meta.read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise ModelError(f"model metadata unreadable: {meta}: {err}") from None
+        if info.get("promoted") and int(info.get("gate_version") or 1) < GATE_VERSION:
+            if not passed:
+                passed.append(f"model {info.get('model_file', meta.name)} was promoted by an older, weaker gate "
+                              f"(before {GATE_VERSION}: judged on its own ranking, no fallback comparison): not "
+                              "used; retrain with `bot train`")
+            continue
         if info.get("promoted"):
             lm = load_model(d / info.get("model_file", meta.name.replace(".meta.json", ".json")))
             why = f"; newer {passed[0]}" if passed else ""

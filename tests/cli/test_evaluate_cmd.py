@@ -39,7 +39,7 @@ def test_on_a_dataset_writes_the_table_the_rows_and_the_plot(here: Path, capsys:
     assert {"bot", "random", "lowest_pvalue", "coint_filter", "train_pr_rat", "hindsight"} <= set(summary["method"])
     report = (here / "ev" / "report.txt").read_text()
     assert report.strip() in out and "tuning: the bot's selection" in report and "holdout:" in report
-    assert "bot rule per window" in report and "fallback rule:" in report
+    assert "bot rule per window" in report and "the fallback rule (pr_rat_all) against random" in report
 
 
 @pytest.mark.parametrize("argv, says", [
@@ -48,6 +48,8 @@ def test_on_a_dataset_writes_the_table_the_rows_and_the_plot(here: Path, capsys:
     (["--start", "2025-01-01", "--end", "2025-03-01", "--files", "nope.parquet", "--draws", "0"],
      "--files: no such file: nope.parquet"),
     (["--dataset", "x.parquet", "--files", "y.parquet"], "--files and --pairs do not apply"),
+    (["--dataset", "x.parquet", "--iters", "5"], "--iters and --workers do not apply"),
+    (["--start", "2025-01-01", "--end", "2025-01-20"], "shorter than one window of model.train_days"),
 ])
 def test_bad_arguments_are_refused_before_any_work(here: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
                                                    says: str) -> None:
@@ -63,6 +65,9 @@ def test_a_dataset_that_is_not_one_is_refused(here: Path, capsys: pytest.Capture
     pl.DataFrame({"a": [1]}).write_parquet(here / "bad.parquet")
     assert main(["--config", "config.yaml", "evaluate", "--dataset", "bad.parquet", "--out", "ev"]) == 2
     assert "lacks the dataset's columns" in capsys.readouterr().err and not (here / "ev").exists()
+    frame(n_windows=3).with_columns(pl.lit(None, pl.Float64).alias("pr_test")).write_parquet(here / "null.parquet")
+    assert main(["--config", "config.yaml", "evaluate", "--dataset", "null.parquet", "--out", "ev"]) == 2
+    assert "no row has a test profit" in capsys.readouterr().err and not (here / "ev").exists()
 
 
 def test_on_candle_files_in_a_throw_away_database(here: Path, shared_data: Path,

@@ -125,20 +125,66 @@ def test_the_gate_needs_two_se_and_not_worse_than_the_fallback() -> None:
 
 
 def test_the_bots_choice_at_a_window_never_sees_its_future(cfg) -> None:
-    """Perturb every target from window 5 on: the bot's rule, the gate's reasons and every
-    method's picks up to window 4 stay the same (the model of window k trains on < k, the
-    gate judges windows < k)."""
+    """Perturb every target from window 5 on: the bot's rule, the gate's reasons, the
+    predictions and every method's picks up to and including window 5 stay the same
+    (window 5's model trains on windows < 5, its gate judges windows < 5); hindsight
+    aside, which is the only method that reads the window's own outcome."""
     data = frame(n_windows=8, seed=3)
     future = data.with_columns(pl.when(pl.col("window_id") >= 5).then(-pl.col("pr_test") * 7.0)
                                .otherwise(pl.col("pr_test")).alias("pr_test"))
     a = ev.evaluate(data, cfg, min_train_windows=2, random_draws=20)
     b = ev.evaluate(future, cfg, min_train_windows=2, random_draws=20)
-    assert a.gates[:5] == b.gates[:5]
-    early = pl.col("window_id") <= 4
-    assert a.per_window.filter(early)["names"].to_list() == b.per_window.filter(early)["names"].to_list()
+    assert a.gates[:6] == b.gates[:6]
+    upto = (pl.col("window_id") <= 5) & (pl.col("method") != "hindsight")
+    assert a.per_window.filter(upto)["names"].to_list() == b.per_window.filter(upto)["names"].to_list()
+    early = pl.col("window_id") <= 5
     assert np.array_equal(a.rows.filter(early)["pred"].to_numpy(), b.rows.filter(early)["pred"].to_numpy(),
                           equal_nan=True)
-    assert a.per_window.filter(~early)["names"].to_list() != b.per_window.filter(~early)["names"].to_list()
+    # window 6's model learned from window 5's perturbed outcome: its predictions move
+    w6 = pl.col("window_id") == 6
+    assert not np.allclose(a.rows.filter(w6)["pred"].to_numpy(), b.rows.filter(w6)["pred"].to_numpy())
+
+
+def test_overlapping_windows_train_only_on_tests_that_have_ended(cfg, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dataset stepped by 7 days with 14-day tests: window k - 1's test ends 7 days after
+    window k's valid_time, so window k's model must not see it."""
+    data = frame(n_windows=8).with_columns(
+        (pl.col("train_start") - pl.duration(days=7) * pl.col("window_id")).alias("train_start"),
+        (pl.col("valid_time") - pl.duration(days=7) * pl.col("window_id")).alias("valid_time"),
+        (pl.col("end_time") - pl.duration(days=7) * pl.col("window_id")).alias("end_time"))
+    seen: list[set[int]] = []
+    real = ev._fit
+
+    def spy(train: pl.DataFrame, c, thread_count: int = -1):
+        seen.append(set(train["window_id"].unique().to_list()))
+        return real(train, c, thread_count)
+
+    monkeypatch.setattr(ev, "_fit", spy)
+    ev.evaluate(data, cfg, min_train_windows=2, random_draws=5)
+    # window w (valid at 53 w + ... days) sees windows j with end_j <= valid_w: j <= w - 2
+    # window w is valid at day 7 w + 60; window j's test ends at day 7 j + 74: known when j <= w - 2
+    assert [sorted(s) for s in seen] == [list(range(w - 1)) for w in range(3, 8)]
+
+
+def test_bad_datasets_are_refused_with_the_reason(cfg) -> None:
+    data = frame(n_windows=3)
+    with pytest.raises(ValueError, match="more than once"):
+        ev.evaluate(pl.concat([data, data.head(1)]), cfg)
+    with pytest.raises(ValueError, match="no row has a test profit"):
+        ev.evaluate(data.with_columns(pl.lit(None, pl.Float64).alias("pr_test")), cfg)
+    with pytest.raises(ValueError, match="time order"):
+        ev.evaluate(data.with_columns((2 - pl.col("window_id")).alias("window_id")), cfg)
+    with pytest.raises(ValueError, match="different train/test periods"):
+        ev.evaluate(data.with_columns(pl.when(pl.col("coin1") == "T0").then(pl.col("end_time") + pl.duration(days=1))
+                                      .otherwise(pl.col("end_time")).alias("end_time")), cfg)
+    e = ev.evaluate(data.drop("fees_test", "trades_test"), cfg, min_train_windows=1, random_draws=5)
+    assert e.summary["fees_per_pick"].is_null().all() and e.summary["trades_per_pick"].is_null().all()
+
+
+def test_a_model_that_only_repeats_the_fallback_adds_nothing() -> None:
+    same = [0.5, 0.7, 0.4, 0.6]
+    g = ev.gate_decision(same, [-1.0] * 4, same, 2.0)
+    assert not g.promoted and "adds nothing" in g.reason and g.skill
 
 
 def test_the_bot_uses_the_model_only_once_the_gate_passes(cfg) -> None:
@@ -148,10 +194,15 @@ def test_the_bot_uses_the_model_only_once_the_gate_passes(cfg) -> None:
     rules = [g["rule"] for g in e.gates]
     assert rules[:2 + ev.MIN_GATE_WINDOWS] == ["fallback"] * (2 + ev.MIN_GATE_WINDOWS)  # no model, then no record
     assert "model" in rules  # the learnable p-value signal: the gate opens
+    first = rules.index("model")
+    assert "fallback" not in rules[first:]  # once promoted, a model stays in use (new or kept)
     for g, r in zip(e.gates, e.per_window.filter(pl.col("method") == "bot").iter_rows(named=True), strict=True):
-        src = "model" if g["rule"] == "model" else "fallback"
-        same = e.per_window.filter((pl.col("method") == src) & (pl.col("window_id") == g["window_id"]))
-        assert r["names"] == same["names"][0].to_list() and r["rule"] == g["rule"]
+        assert r["rule"] == g["rule"]
+        if g["rule"] in ("model", "fallback"):
+            same = e.per_window.filter((pl.col("method") == g["rule"]) & (pl.col("window_id") == g["window_id"]))
+            assert r["names"] == same["names"][0].to_list()
+        else:
+            assert "keeps the model promoted at window" in g["reason"]
     never = strict.model_copy(update={"model": strict.model.model_copy(update={"min_skill_se": 1e6})})
     e2 = ev.evaluate(frame(n_windows=10, seed=5), never, min_train_windows=2, random_draws=20)
     assert {g["rule"] for g in e2.gates} == {"fallback"}

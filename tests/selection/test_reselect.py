@@ -19,6 +19,7 @@ from bot.core.db import selection as repo
 from bot.core.db.pool import Database
 from bot.core.demo_market import generate
 from bot.research import model as mdl
+from bot.selection.evaluate import GATE_VERSION
 from bot.selection.reselect import ReselectError, reselect, sync_token_pairs_file, token_pairs_text
 from tests.research.test_model import synthetic
 
@@ -89,7 +90,7 @@ async def test_run_with_fallback_then_with_a_promoted_model(db: Database, market
     assert n_cand == len(rep.decisions) == 36  # all pairs of 9 symbols
     # now with a promoted model: preds are stored and used
     model = mdl.fit_catboost(synthetic(), cfg)
-    mdl.save_model(model, cfg.model.dir, {"promoted": True}, 3)
+    mdl.save_model(model, cfg.model.dir, {"promoted": True, "gate_version": GATE_VERSION}, 3)
     rep2 = await reselect(db, cfg, now=market.end)
     assert "model-" in rep2.model
     rows2, _ = await _state(db, cfg)
@@ -112,7 +113,13 @@ async def test_the_run_record_says_which_rule_and_why(db: Database, market, cfg)
     async with db.pool.acquire() as conn:
         details = await conn.fetchval("SELECT details FROM selection_runs WHERE id = $1", rep.run_id)
     assert "NO skill shown" in details and "refused" in details
-    mdl.save_model(model, cfg.model.dir, {"promoted": True, "gate": "passed: +3 SE"}, 5, now=t0 + dt.timedelta(1))
+    # promoted by the old gate (no gate_version): not used, and said
+    mdl.save_model(model, cfg.model.dir, {"promoted": True, "gate": "old: +0.56 SE 0.49"}, 5,
+                   now=t0 + dt.timedelta(hours=1))
+    rep = await reselect(db, cfg, now=market.end)
+    assert "no promoted model" in rep.model and "older, weaker gate" in rep.model
+    mdl.save_model(model, cfg.model.dir, {"promoted": True, "gate": "passed: +3 SE", "gate_version": GATE_VERSION}, 5,
+                   now=t0 + dt.timedelta(1))
     mdl.save_model(model, cfg.model.dir, {"promoted": False, "gate": "refused: worse than the fallback rule",
                                           "fallback_skill": "the fallback rule: skill shown"}, 5,
                    now=t0 + dt.timedelta(2))
@@ -156,7 +163,8 @@ async def test_failure_before_commit_changes_nothing(db: Database, market, cfg, 
     if fault == "backtest":
         kw["executor"] = _boom_executor
     elif fault in ("scoring", "model_missing"):
-        mdl.save_model(mdl.fit_catboost(synthetic(), cfg), cfg.model.dir, {"promoted": True}, 3)
+        mdl.save_model(mdl.fit_catboost(synthetic(), cfg), cfg.model.dir, {"promoted": True,
+                                                                           "gate_version": GATE_VERSION}, 3)
         newest = sorted(Path(cfg.model.dir).glob("model-*.meta.json"))[-1]
         model_file = newest.with_name(newest.name.replace(".meta.json", ".json"))
         if fault == "scoring":

@@ -160,9 +160,12 @@ async def test_stream_reconnecting_during_an_entry_blocks_the_next_entry_not_the
 
 async def test_second_leg_unknown_at_the_timeout_but_arriving_late_is_unwound_not_left_naked(db: Any) -> None:
     with FakeBybit(live.markets(), api_key=live.KEY, api_secret=live.SECRET) as fake:
-        # leg 2's request reaches the venue 3 s late (leg_timeout_s 2): at the timeout the
-        # venue knows no such order; taking that as "never placed" would leave its fill naked
-        ex, state = await _enter(db, fake, lambda: fake.arrive_late(3.0))
+        # leg 2's request reaches the venue 3 s late (leg_timeout_s 1): at the timeout the
+        # venue knows no such order; taking that as "never placed" would leave its fill naked.
+        # The leg times out while its request is in flight (below the 2 s HTTP timeout; equal
+        # timeouts raced), and the adapter's resend after its HTTP timeout is late too (count=2),
+        # so the only fill is the late one
+        ex, state = await _enter(db, fake, lambda: fake.arrive_late(3.0, count=2), leg_timeout_s=1.0)
         assert [p["status"] for p in state["positions"]] == ["unwinding"], state
         leg2 = [o for o in state["orders"] if o["action"] == "open" and o["status"] == "sent"]
         assert len(leg2) == 1, state["orders"]  # unresolved, not "cancelled: unknown"

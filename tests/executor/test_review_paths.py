@@ -78,11 +78,13 @@ async def test_a_flow_crashing_after_its_intent_is_settled_and_freed(db: Any) ->
 
 async def test_a_late_fill_recorded_before_its_unwind_was_planned_is_unwound(db: Any) -> None:
     with FakeBybit(live.markets(), api_key=live.KEY, api_secret=live.SECRET) as fake:
-        # 6 s late: well past leg_timeout_s (2 s) + unknown_grace_s even on a loaded machine (at
-        # 3 s a slow flow could see the late fill arrive before it gave up, and rightly call it open)
-        ex, state = await _enter(db, fake, lambda: fake.arrive_late(6.0))
+        # leg_timeout_s (1 s) below the HTTP timeout (2 s): the leg times out while its request
+        # is in flight. With both at 2 s they raced: when the HTTP timeout won, the adapter looked
+        # the order up, found nothing and sent it again, which filled at once (rightly: open);
+        # the resend is late too (count=2), so the only fill is the late one
+        ex, state = await _enter(db, fake, lambda: fake.arrive_late(3.0, count=2), leg_timeout_s=1.0)
         assert [p["status"] for p in state["positions"]] == ["unwinding"], state
-        deadline = asyncio.get_running_loop().time() + 15
+        deadline = asyncio.get_running_loop().time() + 10
         while fake.orders_created < 3 and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.1)
         assert len(_venue(fake)) == 1

@@ -171,3 +171,35 @@ def test_create_zscore_df_layout() -> None:
     np.testing.assert_allclose(out["z_score_20_1h"].to_numpy(), direct.z_score[ts >= start], rtol=0, atol=0)
     with pytest.raises(ValueError, match="missing column"):
         create_zscore_df("A", "C", tick_df, agg_df, "1h", [10], start)
+
+
+@pytest.mark.parametrize("method", ["dist", "lr"])
+def test_the_fused_kernel_equals_the_staged_passes(method: str) -> None:
+    """median 1 runs one fused pass (zscore._z_fused); it must give the staged path's values:
+    bad prices, a gap in the bars, ticks before the first bar and after the last."""
+    from bot.analysis import zscore as zs
+
+    rng = np.random.default_rng(11)
+    ts = np.sort(rng.uniform(0, 40 * 3600, 20_000)) - 2 * 3600
+    m1 = np.exp(np.cumsum(rng.normal(0, 0.001, ts.size)) + 1.0)
+    m2 = np.exp(np.cumsum(rng.normal(0, 0.001, ts.size)) + 0.5)
+    m1[::997] = np.nan
+    m2[::1301] = -1.0
+    m1[5] = np.inf
+    bar_ts = np.array([h * 3600.0 for h in range(36) if h not in (10, 11, 12)])
+    c1 = np.exp(rng.normal(1.0, 0.01, bar_ts.size))
+    c2 = np.exp(rng.normal(0.5, 0.01, bar_ts.size))
+    got = zs.zscore_multi(ts, m1, m2, bar_ts, c1, c2, "1h", [6, 9], method, 1)
+    is_lr = int(method == "lr")
+    l1, l2 = zs._safe_log(m1), zs._safe_log(m2)
+    nbefore = np.searchsorted(bar_ts, np.floor(ts / 3600) * 3600, side="left").astype(np.int64)
+    for w in (6, 9):
+        stats = zs._bar_stats_all(zs._safe_log(c1), zs._safe_log(c2), w, is_lr)
+        raw = zs._raw_spreads(l1, l2, nbefore, stats) if is_lr else l1 - l2
+        mean, std, z = (np.empty(ts.size) for _ in range(3))
+        zs._z_pass(raw, nbefore, stats, mean, std, z)
+        for a, b in ((got[w].spread, raw), (got[w].spread_mean, mean), (got[w].spread_std, std),
+                     (got[w].z_score, z), (got[w].beta, stats[nbefore, 1])):
+            assert np.array_equal(np.isnan(a), np.isnan(b))
+            assert np.allclose(a[~np.isnan(a)], b[~np.isnan(b)], rtol=0, atol=1e-12)
+        assert np.isfinite(got[w].z_score).sum() > 1000

@@ -312,9 +312,9 @@ def zscore_multi(
         m2 = np.ascontiguousarray(mid_2, dtype=np.float64)
         for w in winds:
             stats = _bar_stats_all(lc1, lc2, int(w), is_lr)
-            cols = [np.empty(tick_ts.size) for _ in range(5)]
-            _z_fused(tick_ts, m1, m2, bar_ts, float(tf_s), stats, is_lr, *cols)
-            out[int(w)] = ZScoreColumns(*cols[:4], cols[4] if with_beta else np.full(0, np.nan))
+            sp, mean, std, z, beta = (np.empty(tick_ts.size) for _ in range(5))
+            _z_fused(tick_ts, m1, m2, bar_ts, float(tf_s), stats, is_lr, sp, mean, std, z, beta)
+            out[int(w)] = ZScoreColumns(sp, mean, std, z, beta if with_beta else np.full(0, np.nan))
         return out
     l1, l2 = _safe_log(mid_1), _safe_log(mid_2)
     bar_open = np.floor(tick_ts / tf_s) * tf_s

@@ -7,7 +7,8 @@ with and without the tick median (m = 6): `zscore_multi` (what research and the
 re-selection call) against `minimal`, one numba pass per tick that keeps the W-bar
 window sums incrementally and computes the same z (no NaN handling, no median ring
 beyond a sorted insert). Both are warmed (compiled) first; the figure is the best of
-5 runs. The outputs are compared (max |dz| over the ticks both define).
+5 runs. The outputs are compared (max |dz| over the ticks both define). `z_only` is
+what research asks for (pair_job.z_ticks: z and beta, no spread/mean/std columns).
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ from bot.analysis.zscore import zscore_multi
 
 
 @njit(cache=True)
-def minimal(tick_ts: np.ndarray, l1: np.ndarray, l2: np.ndarray, lc1: np.ndarray, lc2: np.ndarray,
+def minimal(tick_ts: np.ndarray, mid_1: np.ndarray, mid_2: np.ndarray, lc1: np.ndarray, lc2: np.ndarray,
             bar0: float, tf_s: float, wind: int, is_lr: int, m: int) -> np.ndarray:
-    """z per tick: bars [n - W, n) before the tick's bar, OLS (lr) or beta 1 (dist), the
-    median of the last m tick spreads. Window sums are recomputed per bar (W work per bar,
+    """z per tick: bars [n - W, n) before the tick's bar, OLS (lr) or beta 1 (dist), the log
+    of each tick's mids, the median of the last m tick spreads (log bar closes given). Window sums are recomputed per bar (W work per bar,
     one pass per tick), as a hand-written loop would."""
     n_t = tick_ts.shape[0]
     out = np.full(n_t, np.nan)
@@ -72,7 +73,7 @@ def minimal(tick_ts: np.ndarray, l1: np.ndarray, l2: np.ndarray, lc1: np.ndarray
                 alpha = beta = mean = std = np.nan
         if is_lr and not (beta == beta):
             continue
-        v = l1[i] - (beta if is_lr else 1.0) * l2[i] - (alpha if is_lr else 0.0)
+        v = math.log(mid_1[i]) - (beta if is_lr else 1.0) * math.log(mid_2[i]) - (alpha if is_lr else 0.0)
         if m > 1:
             if count == m:
                 old = ring[head]
@@ -130,9 +131,10 @@ def main() -> None:
     ap.add_argument("--wind", type=int, default=72)
     a = ap.parse_args()
     ts, m1, m2, b_ts, c1, c2 = market(a.days, a.tick_s)
-    l1, l2, lc1, lc2 = np.log(m1), np.log(m2), np.log(c1), np.log(c2)
+    lc1, lc2 = np.log(c1), np.log(c2)
     print(f"{ts.size:,} ticks, {b_ts.size:,} bars, W = {a.wind}")
-    print(f"{'method':6s} {'median':>6s} {'zscore_multi':>13s} {'minimal':>9s} {'ratio':>6s} {'max |dz|':>9s}")
+    print(f"{'method':6s} {'median':>6s} {'zscore_multi':>13s} {'z_only':>9s} {'minimal':>9s} {'ratio':>6s} "
+          f"{'z_only':>6s} {'max |dz|':>9s}")
     for method in ("dist", "lr"):
         for med in (1, 6):
             def ours(method: str = method, med: int = med) -> np.ndarray:
@@ -140,13 +142,19 @@ def main() -> None:
                                     with_beta=False)[a.wind].z_score
 
             def mini(method: str = method, med: int = med) -> np.ndarray:
-                return minimal(ts, l1, l2, lc1, lc2, float(b_ts[0]), 3600.0, a.wind, int(method == "lr"), med)
+                return minimal(ts, m1, m2, lc1, lc2, float(b_ts[0]), 3600.0, a.wind, int(method == "lr"), med)
 
-            z1, z2 = ours(), mini()
+            def research(method: str = method, med: int = med) -> np.ndarray:  # what pair_job asks for
+                return zscore_multi(ts, m1, m2, b_ts, c1, c2, "1h", [a.wind], method, med,
+                                    z_only=med == 1)[a.wind].z_score
+
+            z1, z2, z3 = ours(), mini(), research()
             both = np.isfinite(z1) & np.isfinite(z2)
             dz = float(np.max(np.abs(z1[both] - z2[both]))) if both.any() else math.nan
-            t1, t2 = best(ours), best(mini)
-            print(f"{method:6s} {med:6d} {t1 * 1e3:10.1f} ms {t2 * 1e3:6.1f} ms {t1 / t2:6.2f} {dz:9.1e}")
+            assert np.array_equal(z1, z3, equal_nan=True)
+            t1, t3, t2 = best(ours), best(research), best(mini)
+            print(f"{method:6s} {med:6d} {t1 * 1e3:10.1f} ms {t3 * 1e3:6.1f} ms {t2 * 1e3:6.1f} ms {t1 / t2:6.2f} "
+                  f"{t3 / t2:6.2f} {dz:9.1e}")
 
 
 if __name__ == "__main__":

@@ -218,18 +218,21 @@ def _z_pass(
 @njit(cache=True)
 def _z_fused(tick_ts: np.ndarray, mid_1: np.ndarray, mid_2: np.ndarray, bar_ts: np.ndarray, tf_s: float,
              stats: np.ndarray, is_lr: int, out_spread: np.ndarray, out_mean: np.ndarray, out_std: np.ndarray,
-             out_z: np.ndarray, out_beta: np.ndarray) -> None:
+             out_z: np.ndarray, out_beta: np.ndarray, full: int, with_beta: int) -> None:
     """One pass per tick without a tick median (m = 1): the bars behind the tick (a merge
     walk over the sorted bar opens, = searchsorted(bar_ts, floor(t / tf) * tf)), the log
     mids (NaN unless positive and finite), the raw spread with the (alpha, beta) in
-    force, and z; the same values as the staged path (_safe_log, _raw_spreads, _z_pass)."""
+    force, and z; the same values as the staged path (_safe_log, _raw_spreads, _z_pass).
+    `full` 0: only z (and beta with `with_beta`) are written; the other outputs may be
+    empty arrays (research reads z and beta only, and the writes are most of the cost)."""
     nb = bar_ts.shape[0]
     j = 0
     for i in range(tick_ts.shape[0]):
         bo = math.floor(tick_ts[i] / tf_s) * tf_s
         while j < nb and bar_ts[j] < bo:
             j += 1
-        out_beta[i] = stats[j, 1]
+        if with_beta:
+            out_beta[i] = stats[j, 1]
         m1 = mid_1[i]
         m2 = mid_2[i]
         if m1 > 0.0 and m2 > 0.0 and math.isfinite(m1) and math.isfinite(m2):
@@ -239,16 +242,19 @@ def _z_fused(tick_ts: np.ndarray, mid_1: np.ndarray, mid_2: np.ndarray, bar_ts: 
                 v = math.log(m1) - math.log(m2)
         else:
             v = np.nan
-        out_spread[i] = v
+        if full:
+            out_spread[i] = v
         if v != v:
-            out_mean[i] = np.nan
-            out_std[i] = np.nan
+            if full:
+                out_mean[i] = np.nan
+                out_std[i] = np.nan
             out_z[i] = np.nan
             continue
         m = stats[j, 2]
         sd = stats[j, 3]
-        out_mean[i] = m
-        out_std[i] = sd
+        if full:
+            out_mean[i] = m
+            out_std[i] = sd
         if sd > 0.0 and math.isfinite(sd):
             out_z[i] = (v - m) / sd
         else:
@@ -288,8 +294,12 @@ def zscore_multi(
     spr_method: str = "lr",
     median_length: int = 1,
     with_beta: bool = True,
+    z_only: bool = False,
 ) -> dict[int, ZScoreColumns]:
     """Batch z-scores for several windows at once (log prices and bar lookup shared).
+
+    `z_only` (research): spread, spread_mean and spread_std come back empty (the fused
+    pass then writes z and beta only); only without a tick median.
 
     `bar_ts` are bar OPEN times (epoch s), sorted; timestamps in epoch seconds;
     prices in quote currency; spreads are log price differences; z is dimensionless.
@@ -312,8 +322,11 @@ def zscore_multi(
         m2 = np.ascontiguousarray(mid_2, dtype=np.float64)
         for w in winds:
             stats = _bar_stats_all(lc1, lc2, int(w), is_lr)
-            sp, mean, std, z, beta = (np.empty(tick_ts.size) for _ in range(5))
-            _z_fused(tick_ts, m1, m2, bar_ts, float(tf_s), stats, is_lr, sp, mean, std, z, beta)
+            size = 0 if z_only else tick_ts.size
+            sp, mean, std = (np.empty(size) for _ in range(3))
+            z, beta = np.empty(tick_ts.size), np.empty(tick_ts.size if with_beta else 0)
+            _z_fused(tick_ts, m1, m2, bar_ts, float(tf_s), stats, is_lr, sp, mean, std, z, beta, int(not z_only),
+                     int(with_beta))
             out[int(w)] = ZScoreColumns(sp, mean, std, z, beta if with_beta else np.full(0, np.nan))
         return out
     l1, l2 = _safe_log(mid_1), _safe_log(mid_2)

@@ -125,7 +125,7 @@ def z_ticks(inp: PairInput, keys: set[tuple[str, int]], tf: str, median_length: 
     for method in sorted({k[0] for k in keys}):
         winds = sorted({w for m, w in keys if m == method})
         res = zscore_multi(inp.tick_ts, mid_1, mid_2, inp.bar_ts, inp.close_1, inp.close_2, tf, winds, method,
-                           median_length)
+                           median_length, z_only=True)  # only z and beta are read here
         for w, cols in res.items():
             zs[(method, w)] = TickArrays(inp.tick_ts, cols.z_score, inp.bid_1, inp.ask_1, inp.bid_2,
                                          inp.ask_2, cols.beta)

@@ -39,10 +39,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import math
 import os
 import platform
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +51,7 @@ import polars as pl
 
 from bot.config.model import BotConfig
 from bot.research.dataset import COLUMNS, FEATURES, JUDGE, META, TARGET, TARGETS
+from bot.selection.evaluate import gate_decision, greedy, job_picks, random_picks, skill_line
 from bot.utils.files import atomic_write_text
 
 
@@ -186,26 +185,12 @@ def _ridge(x: np.ndarray, y: np.ndarray, alpha: float = 1.0) -> Any:
 
 def greedy_picks(frame: pl.DataFrame, score: np.ndarray, k: int, higher_is_better: bool = True,
                  seed: int | Sequence[int] = 0) -> list[int]:
-    """Row indices picked greedily by score with no token used twice, at most k.
+    """Row indices picked greedily by score with no token used twice, at most k
+    (`bot.selection.evaluate.greedy` on the frame's coin1 / coin2).
 
     Equal scores are taken in a random order seeded by `seed` (never by row order:
     the rows are sorted by name, so a stable sort would pick alphabetically)."""
-    s = np.asarray(score, dtype=np.float64)
-    tiebreak = np.random.default_rng(seed).permutation(len(s))
-    order = np.lexsort((tiebreak, -s if higher_is_better else s))
-    used: set[str] = set()
-    picks: list[int] = []
-    c1, c2 = frame["coin1"].to_list(), frame["coin2"].to_list()
-    for i in order:
-        if not math.isfinite(s[i]):
-            continue
-        if c1[i] in used or c2[i] in used:
-            continue
-        picks.append(int(i))
-        used.update((c1[i], c2[i]))
-        if len(picks) == k:
-            break
-    return picks
+    return greedy(frame["coin1"].to_list(), frame["coin2"].to_list(), score, k, higher_is_better, seed)
 
 
 def _pick_profit(frame: pl.DataFrame, picks: list[int]) -> float:
@@ -253,8 +238,6 @@ def walk_forward(frame: pl.DataFrame, cfg: BotConfig, *, min_train_windows: int 
         return {"window_id": w, "method": method, "rows": val.height, "rmse": rmse, "sel_value": sel_value,
                 "sel_n": sel_n, "pick_profit": None if picks is None else _pick_profit(val, picks), "picks": names}
 
-    from bot.selection.evaluate import gate_decision, job_picks, skill_line
-
     for w in wins[min_train_windows:]:
         val = data.filter(pl.col("window_id") == w)
         # rows whose test had ended by this window's valid_time (window_id < w when the step is test_days)
@@ -281,12 +264,8 @@ def walk_forward(frame: pl.DataFrame, cfg: BotConfig, *, min_train_windows: int 
         rows.append(row(val, w, "lowest_pvalue", greedy_picks(val, pv, k, higher_is_better=False, seed=ws)))
         rows.append(row(val, w, "pr_rat_all", greedy_picks(val, val["pr_rat_all"].fill_null(np.nan).to_numpy(), k,
                                                       seed=ws)))
-        rng = random.Random(1000 + int(w))
-        draws = []
-        for _ in range(random_draws):
-            score = np.array([rng.random() for _ in range(val.height)])
-            draws.append(_pick_profit(val, greedy_picks(val, score, k)))
-        rows.append({**row(val, w, "random", None), "pick_profit": float(np.mean(draws))})
+        rows.append({**row(val, w, "random", None),
+                     "pick_profit": random_picks(val, k, random_draws, 1000 + int(w)).per_pick})
         rows.append(row(val, w, "hindsight", greedy_picks(val, judge, k, seed=ws)))
     schema: dict[str, Any] = {"window_id": pl.Int64, "method": pl.Utf8, "rows": pl.Int64, "rmse": pl.Float64,
               "sel_value": pl.Float64, "sel_n": pl.Int64, "pick_profit": pl.Float64, "picks": pl.List(pl.Utf8)}

@@ -145,7 +145,8 @@ def _measure(val: pl.DataFrame, picks: list[int]) -> WindowPicks:
                        _known_sum(val, "trades_test", picks), _known_sum(val, "fees_test", picks), names)
 
 
-def _random(val: pl.DataFrame, k: int, draws: int, seed: int) -> WindowPicks:
+def random_picks(val: pl.DataFrame, k: int, draws: int, seed: int) -> WindowPicks:
+    """`draws` seeded greedy random picks of K, their figures averaged (picks, per pick, totals)."""
     rng = random.Random(seed)
     c1, c2 = val["coin1"].to_list(), val["coin2"].to_list()
     got = []
@@ -312,7 +313,7 @@ def evaluate(frame: pl.DataFrame, cfg: BotConfig, *, min_train_windows: int = 4,
             except (ModelError, CatBoostError) as err:  # e.g. every target equal: nothing to learn
                 why_none = f"no model: {str(err).strip().splitlines()[-1][:160]}"
         picks["fallback"] = job_picks(val, cfg, None)
-        rand = _random(val, k, random_draws, 1000 + int(w))
+        rand = random_picks(val, k, random_draws, 1000 + int(w))
         fb = _measure(val, picks["fallback"])
         rule = "fallback"
         if pred is not None:

@@ -52,6 +52,7 @@ from bot.analysis.signals import (
     machine_liquidated,
     machine_open_skipped,
     machine_opened,
+    machine_skip,
     machine_step,
 )
 
@@ -64,8 +65,9 @@ SIZING_SIZE = 17
 # outcome of an entry (open_trade) and the per-reason skip counts (strategy.md section 3)
 OPEN_FILLED, SKIP_MIN_ORDER, SKIP_MIN_QTY, SKIP_MIN_NOTIONAL = range(4)
 SKIP_REASONS = ("min_order_size", "min_qty", "min_notional")  # count slot k = code k + 1
-C_LIQUIDATIONS = 3  # kernel counts: [skips by reason (3), liquidations]
-N_COUNTS = 4
+C_LIQUIDATIONS = 3  # kernel counts: [skips by reason (3), liquidations, blocks skipped]
+C_BLOCKS_SKIPPED = 4
+N_COUNTS = 5
 
 # trade record columns (internal)
 TRADE_COLS = (
@@ -280,13 +282,90 @@ def _close_at(
 
 
 @njit(cache=True)
+def _liq_clear(rec: np.ndarray, margin: float, mmr: float, b1_min: float, a1_max: float, b2_min: float,
+               a2_max: float) -> bool:
+    """True when no tick whose fillable prices lie within these extremes can liquidate `rec`.
+
+    The equity margin of :func:`bot.analysis.fills.liquidation_hit`, M + PnL - mmr (c1 q1 + c2 q2),
+    rises with the leg sold at a bid and falls with the leg bought back at an ask (mmr < 1),
+    so its minimum over a block is at (lowest bid, highest ask) of the closing sides. The
+    block is cleared only with a margin of 1e-9 of the notional left, far above the
+    rounding of the formula, so a cleared block never hides a hit the tick loop would see.
+    """
+    q1 = rec[T_Q1]
+    q2 = rec[T_Q2]
+    if rec[T_SIDE] == 1.0:
+        c1 = b1_min
+        c2 = a2_max
+        pnl = (c1 - rec[T_OP1]) * q1 - (c2 - rec[T_OP2]) * q2
+    else:
+        c1 = a1_max
+        c2 = b2_min
+        pnl = -(c1 - rec[T_OP1]) * q1 + (c2 - rec[T_OP2]) * q2
+    notional = c1 * q1 + c2 * q2
+    return margin + pnl - mmr * notional > 1e-9 * notional
+
+
+@njit(cache=True)
+def z_blocks(z: np.ndarray, bs: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per block of `bs` ticks (the last one shorter): min and max of the non-null z
+    (+inf and -inf for a block without one)."""
+    n = z.shape[0]
+    nb = (n + bs - 1) // bs
+    lo = np.full(nb, np.inf)
+    hi = np.full(nb, -np.inf)
+    for k in range(nb):
+        a = np.inf
+        b = -np.inf
+        for i in range(k * bs, min(n, (k + 1) * bs)):
+            v = z[i]
+            if v < a:
+                a = v
+            if v > b:
+                b = v
+        lo[k] = a
+        hi[k] = b
+    return lo, hi
+
+
+@njit(cache=True)
+def price_blocks(bid1: np.ndarray, ask1: np.ndarray, bid2: np.ndarray, ask2: np.ndarray, bs: int) -> np.ndarray:
+    """Per block of `bs` ticks, over its fillable ticks: [min bid_1, max ask_1, min bid_2,
+    max ask_2]; [+inf, -inf, +inf, -inf] for a block without a fillable tick."""
+    n = bid1.shape[0]
+    nb = (n + bs - 1) // bs
+    out = np.empty((nb, 4))
+    for k in range(nb):
+        b1 = np.inf
+        a1 = -np.inf
+        b2 = np.inf
+        a2 = -np.inf
+        for i in range(k * bs, min(n, (k + 1) * bs)):
+            if _fillable(bid1[i], ask1[i], bid2[i], ask2[i]):
+                b1 = min(b1, bid1[i])
+                a1 = max(a1, ask1[i])
+                b2 = min(b2, bid2[i])
+                a2 = max(a2, ask2[i])
+        out[k, 0] = b1
+        out[k, 1] = a1
+        out[k, 2] = b2
+        out[k, 3] = a2
+    return out
+
+
+@njit(cache=True)
 def _run(
     ts: np.ndarray, z: np.ndarray, bid1: np.ndarray, ask1: np.ndarray, bid2: np.ndarray,
     ask2: np.ndarray, beta: np.ndarray, p: np.ndarray, sz: np.ndarray, force_close: bool,
     f1_ts: np.ndarray, f1_rate: np.ndarray, f2_ts: np.ndarray, f2_rate: np.ndarray,
+    bs: int, zmin: np.ndarray, zmax: np.ndarray, pblk: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The batch loop: (trade rows, counts) with counts = skipped entries per SKIP_REASONS
-    and, in slot C_LIQUIDATIONS, the number of liquidations."""
+    and, in slot C_LIQUIDATIONS, the number of liquidations.
+
+    With `bs` > 0, blocks of `bs` ticks (z_blocks, price_blocks of the same arrays) are
+    stepped over whole when they cannot change anything; the result is the tick loop's
+    to the bit (tests/analysis/test_tick_blocks.py)."""
     n = ts.shape[0]
     st = np.zeros(STATE_SIZE)
     st[6] = np.nan  # S_ADV
@@ -305,49 +384,64 @@ def _run(
     if f1_ts.shape[0] > 0 or f2_ts.shape[0] > 0:
         mid1 = (bid1 + ask1) * 0.5
         mid2 = (bid2 + ask2) * 0.5
-    for i in range(n):
-        # fast path, same decision as machine_step: FLAT, nothing armed, pending or
-        # blocked, and z null or strictly inside (low_in, high_in) changes nothing
-        if st[0] == 0.0 and st[1] == 0.0 and st[8] == 0.0 and st[7] == 0.0:
-            zi = z[i]
-            if zi != zi or (zi > low_in and zi < high_in):
+    start = 0
+    while start < n:
+        stop = n if bs <= 0 else min(start + bs, n)
+        if bs > 0:
+            # a block the machine provably steps over unchanged (signals.machine_skip) and,
+            # in a position, that cannot liquidate it, is skipped whole
+            k = start // bs
+            clear = True
+            if st[S_POS] != 0.0 and liq_on and pblk[k, 0] != np.inf:
+                clear = _liq_clear(cur, margin, mmr, pblk[k, 0], pblk[k, 1], pblk[k, 2], pblk[k, 3])
+            if clear and machine_skip(st, p, zmin[k], zmax[k]):
+                counts[C_BLOCKS_SKIPPED] += 1
+                start = stop
                 continue
-        b1 = bid1[i]
-        a1 = ask1[i]
-        b2 = bid2[i]
-        a2 = ask2[i]
-        ok = _fillable(b1, a1, b2, a2)
-        if st[S_POS] != 0.0 and liq_on and ok and trade_liquidated(cur, margin, mmr, b1, a1, b2, a2):
-            machine_liquidated(st, p)
-            balance = _close_at(cur, sz, balance, i, _last_z(z, i), REASON_LIQUIDATION, ts, bid1, ask1, bid2,
-                                ask2, f1_ts, f1_rate, f2_ts, f2_rate, mid1, mid2)
-            out = _push(out, ntr, cur)
-            ntr += 1
-            counts[C_LIQUIDATIONS] += 1
-            continue
-        act = machine_step(st, p, ts[i], z[i], ok)
-        if act == ACT_NONE:
-            continue
-        if act == ACT_CLOSE:
-            zc = z[i] if z[i] == z[i] else st[11]
-            reason = machine_closed(st, p)
-            balance = _close_at(cur, sz, balance, i, zc, reason, ts, bid1, ask1, bid2, ask2, f1_ts, f1_rate,
-                                f2_ts, f2_rate, mid1, mid2)
-            if ntr == out.shape[0]:  # inline, not _push: measured ~5 % faster on this hot branch
-                bigger = np.empty((2 * ntr, NTC))
-                bigger[:ntr] = out[:ntr]
-                out = bigger
-            out[ntr] = cur
-            ntr += 1
-        else:
-            zo = z[i] if z[i] == z[i] else st[11]
-            why = open_trade(cur, sz, balance, act, ts[i], zo, b1, a1, b2, a2, beta[i])
-            if why == OPEN_FILLED:
-                machine_opened(st, z[i])
-                margin = trade_margin(cur, sz)
+        for i in range(start, stop):
+            # fast path, same decision as machine_step: FLAT, nothing armed, pending or
+            # blocked, and z null or strictly inside (low_in, high_in) changes nothing
+            if st[0] == 0.0 and st[1] == 0.0 and st[8] == 0.0 and st[7] == 0.0:
+                zi = z[i]
+                if zi != zi or (zi > low_in and zi < high_in):
+                    continue
+            b1 = bid1[i]
+            a1 = ask1[i]
+            b2 = bid2[i]
+            a2 = ask2[i]
+            ok = _fillable(b1, a1, b2, a2)
+            if st[S_POS] != 0.0 and liq_on and ok and trade_liquidated(cur, margin, mmr, b1, a1, b2, a2):
+                machine_liquidated(st, p)
+                balance = _close_at(cur, sz, balance, i, _last_z(z, i), REASON_LIQUIDATION, ts, bid1, ask1, bid2,
+                                    ask2, f1_ts, f1_rate, f2_ts, f2_rate, mid1, mid2)
+                out = _push(out, ntr, cur)
+                ntr += 1
+                counts[C_LIQUIDATIONS] += 1
+                continue
+            act = machine_step(st, p, ts[i], z[i], ok)
+            if act == ACT_NONE:
+                continue
+            if act == ACT_CLOSE:
+                zc = z[i] if z[i] == z[i] else st[11]
+                reason = machine_closed(st, p)
+                balance = _close_at(cur, sz, balance, i, zc, reason, ts, bid1, ask1, bid2, ask2, f1_ts, f1_rate,
+                                    f2_ts, f2_rate, mid1, mid2)
+                if ntr == out.shape[0]:  # inline, not _push: measured ~5 % faster on this hot branch
+                    bigger = np.empty((2 * ntr, NTC))
+                    bigger[:ntr] = out[:ntr]
+                    out = bigger
+                out[ntr] = cur
+                ntr += 1
             else:
-                machine_open_skipped(st)
-                counts[why - 1] += 1
+                zo = z[i] if z[i] == z[i] else st[11]
+                why = open_trade(cur, sz, balance, act, ts[i], zo, b1, a1, b2, a2, beta[i])
+                if why == OPEN_FILLED:
+                    machine_opened(st, z[i])
+                    margin = trade_margin(cur, sz)
+                else:
+                    machine_open_skipped(st)
+                    counts[why - 1] += 1
+        start = stop
     if force_close and st[S_POS] != 0.0:
         j = n - 1
         while j >= 0 and not _fillable(bid1[j], ask1[j], bid2[j], ask2[j]):
@@ -460,21 +554,83 @@ def _funding_arrays(funding: Any, token: str) -> tuple[np.ndarray, np.ndarray]:
     return _col(f, "ts"), _col(f, "rate")
 
 
-def run_backtest(
+@dataclass(frozen=True)
+class TickBlocks:
+    """Block extremes of one TickArrays (z_blocks, price_blocks) for the block skip of the
+    batch loop: computed once per z series and reused by every parameter set run on it."""
+
+    bs: int
+    zmin: np.ndarray
+    zmax: np.ndarray
+    prices: np.ndarray
+
+
+BLOCK_TICKS = 64  # ticks per block: measured fastest of 16-512 on 5 s ticks (bench/bench_reselect.py)
+
+
+def tick_blocks(ticks: TickArrays, bs: int = BLOCK_TICKS, prices: np.ndarray | None = None) -> TickBlocks:
+    """The block extremes of `ticks`; `prices` (price_blocks of the same price arrays and
+    `bs`) when already computed for another z series over the same ticks."""
+    if bs < 1:
+        raise ValueError(f"bs: must be >= 1 (got {bs})")
+    zmin, zmax = z_blocks(ticks.z, bs)
+    if prices is None:
+        prices = price_blocks(ticks.bid_1, ticks.ask_1, ticks.bid_2, ticks.ask_2, bs)
+    elif prices.shape != (zmin.shape[0], 4):
+        raise ValueError(f"prices: expected shape {(zmin.shape[0], 4)} for {ticks.z.shape[0]} ticks, got {prices.shape}")
+    return TickBlocks(bs, zmin, zmax, prices)
+
+
+_NO_BLOCKS = (0, np.empty(0), np.empty(0), np.empty((0, 4)))
+
+
+@dataclass(frozen=True)
+class RawBacktest:
+    """The kernel's answer before any frame is built: trade records (TRADE_COLS columns),
+    skipped entries per SKIP_REASONS, liquidations, final balance (USDT)."""
+
+    rows: np.ndarray
+    skips: dict[str, int]
+    liquidations: int
+    final_balance: float
+    blocks_skipped: int = 0  # blocks of TickBlocks.bs ticks stepped over whole
+
+    @property
+    def skipped_entries(self) -> int:
+        return sum(self.skips.values())
+
+    def column(self, name: str) -> np.ndarray:
+        return self.rows[:, TRADE_COLS.index(name)]
+
+
+def run_backtest_rows(
     ticks: TickArrays, signal: SignalParams, sizing: SizingParams, force_close: bool = False,
-    funding: Any = None, token_1: str = "", token_2: str = "",
-) -> BacktestResult:
-    """Run the compiled loop over prepared arrays (used by sweeps to reuse z-scores)."""
+    funding: Any = None, token_1: str = "", token_2: str = "", blocks: TickBlocks | None = None,
+) -> RawBacktest:
+    """The compiled loop over prepared arrays, without building the trades frame (a sweep
+    runs it for every parameter set); `blocks` (tick_blocks of `ticks`) turns on the block skip."""
     f1 = _funding_arrays(funding, token_1)
     f2 = _funding_arrays(funding, token_2)
+    if blocks is not None and blocks.zmin.shape[0] != (ticks.z.shape[0] + blocks.bs - 1) // blocks.bs:
+        raise ValueError("blocks: computed for other ticks (block count does not match)")
+    blk = _NO_BLOCKS if blocks is None else (blocks.bs, blocks.zmin, blocks.zmax, blocks.prices)
     rows, counts = _run(
         ticks.ts, ticks.z, ticks.bid_1, ticks.ask_1, ticks.bid_2, ticks.ask_2, ticks.beta,
-        signal.to_array(), sizing.to_array(), bool(force_close), f1[0], f1[1], f2[0], f2[1],
+        signal.to_array(), sizing.to_array(), bool(force_close), f1[0], f1[1], f2[0], f2[1], *blk,
     )
     bal = float(rows[-1, T_BAL]) if rows.shape[0] else float(sizing.balance)
     skips = {name: int(counts[k]) for k, name in enumerate(SKIP_REASONS)}
-    return BacktestResult(trades_frame(rows), sum(skips.values()), bal,
-                          liquidations=int(counts[C_LIQUIDATIONS]), skips=skips)
+    return RawBacktest(rows, skips, int(counts[C_LIQUIDATIONS]), bal, int(counts[C_BLOCKS_SKIPPED]))
+
+
+def run_backtest(
+    ticks: TickArrays, signal: SignalParams, sizing: SizingParams, force_close: bool = False,
+    funding: Any = None, token_1: str = "", token_2: str = "", blocks: TickBlocks | None = None,
+) -> BacktestResult:
+    """Run the compiled loop over prepared arrays (used by sweeps to reuse z-scores)."""
+    raw = run_backtest_rows(ticks, signal, sizing, force_close, funding, token_1, token_2, blocks)
+    return BacktestResult(trades_frame(raw.rows), raw.skipped_entries, raw.final_balance,
+                          liquidations=raw.liquidations, skips=raw.skips)
 
 
 def named_trades(trades: pl.DataFrame) -> pl.DataFrame:

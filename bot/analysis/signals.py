@@ -318,6 +318,99 @@ def machine_step(st: np.ndarray, p: np.ndarray, ts: float, z: float, fillable: b
 
 
 @njit(cache=True)
+def machine_skip(st: np.ndarray, p: np.ndarray, zmin: float, zmax: float) -> bool:
+    """True when :func:`machine_step` would return ``ACT_NONE`` on every tick of a run of
+    ticks whose non-null z lie in [zmin, zmax] (an all-null run: zmin = +inf, zmax = -inf),
+    whatever their order and timestamps; the state after the run is then applied here
+    (the armed peak/trough moved to the run's extreme). False (state untouched) when
+    some tick of such a run could act or change the state otherwise: a pending decision,
+    an adverse run in progress, or any z that could arm, disarm, decide or unblock.
+
+    It is the machine's own rules read for a band: FLAT with nothing armed acts only when
+    z >= high_in (short allowed) or z <= low_in (long allowed); an armed entry only at
+    its disarm level (out) or its reverse level (static: in -/+ dist_in; dynamic: the
+    running peak/trough -/+ dist_in, bounded by max(peak, zmax) - dist_in); a position
+    only at an adverse z (sl_std, open_z -/+ sl_dist) or its exit rule (direct: out;
+    reverse: arming at out, then out -/+ dist_out or the running extreme -/+ dist_out).
+    Liquidation is checked by the caller (prices, not z). Used by the batch backtester
+    to step over blocks of ticks; the streaming path never calls it.
+    """
+    if st[S_PEND] != 0.0:
+        return False
+    pos = st[S_POS]
+    if pos == 0.0:
+        block = st[S_BLOCK]
+        if block == 1.0:
+            return True
+        if block == 2.0:  # cooldown ends on the first z strictly inside (low_in, high_in)
+            return zmin >= p[P_HIGH_IN] or zmax <= p[P_LOW_IN]
+        arm = st[S_ARM]
+        if arm == 0.0:
+            if p[P_SHORT_OK] != 0.0 and zmax >= p[P_HIGH_IN]:
+                return False
+            if p[P_LONG_OK] != 0.0 and zmin <= p[P_LOW_IN]:
+                return False
+            return True
+        om = p[P_OPEN_M]
+        dist_in = p[P_DIST_IN]
+        if arm == 2.0:
+            if not zmin > p[P_HIGH_OUT]:
+                return False
+            ext = max(st[S_EXT], zmax)
+            level = p[P_HIGH_IN] - dist_in if om == 1.0 else ext - dist_in
+            if om == 0.0 or not zmin > level:
+                return False
+            st[S_EXT] = ext
+            return True
+        if not zmax < p[P_LOW_OUT]:
+            return False
+        ext = min(st[S_EXT], zmin)
+        level = p[P_LOW_IN] + dist_in if om == 1.0 else ext + dist_in
+        if om == 0.0 or not zmax < level:
+            return False
+        st[S_EXT] = ext
+        return True
+    if st[S_ADV] == st[S_ADV]:  # an adverse run is timing
+        return False
+    short = pos == 2.0
+    sl_std = p[P_SL_STD]
+    sl_dist = p[P_SL_DIST]
+    cm = p[P_CLOSE_M]
+    dist_out = p[P_DIST_OUT]
+    if short:
+        if sl_std == sl_std and not zmax < sl_std:
+            return False
+        if sl_dist == sl_dist and not zmax < st[S_OPENZ] + sl_dist:
+            return False
+        out = p[P_HIGH_OUT]
+        if cm == 0.0 or st[S_XARM] == 0.0:
+            return zmin > out
+        xext = min(st[S_XEXT], zmin)
+        if cm == 1.0:
+            ok = zmax <= out and zmin > out - dist_out
+        else:
+            ok = zmax < xext + dist_out
+        if ok:
+            st[S_XEXT] = xext
+        return ok
+    if sl_std == sl_std and not zmin > -sl_std:
+        return False
+    if sl_dist == sl_dist and not zmin > st[S_OPENZ] - sl_dist:
+        return False
+    out = p[P_LOW_OUT]
+    if cm == 0.0 or st[S_XARM] == 0.0:
+        return zmax < out
+    xext = max(st[S_XEXT], zmax)
+    if cm == 1.0:
+        ok = zmin >= out and zmax < out + dist_out
+    else:
+        ok = zmin > xext - dist_out
+    if ok:
+        st[S_XEXT] = xext
+    return ok
+
+
+@njit(cache=True)
 def machine_opened(st: np.ndarray, z: float) -> None:
     """The pending open filled at a tick whose z is `z` (NaN: use the decision z)."""
     side = st[S_PEND]

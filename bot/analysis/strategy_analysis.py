@@ -95,18 +95,32 @@ def _exposure(open_ts: np.ndarray, close_ts: np.ndarray, start: float, end: floa
 def analyze_strategy(trades_df: pl.DataFrame | None, start_date: Any, end_date: Any,
                      initial_balance: float) -> dict[str, Any]:
     """Every metric of strategy.md section 7 for one backtest; never raises on empty input."""
+    if trades_df is None or trades_df.height == 0:
+        return analyze_arrays(None, None, None, None, start_date, end_date, initial_balance)
+    return analyze_arrays(
+        trades_df.get_column("total_profit").cast(pl.Float64).to_numpy(),
+        trades_df.get_column("open_ts").cast(pl.Float64).to_numpy(),
+        trades_df.get_column("close_ts").cast(pl.Float64).to_numpy(),
+        trades_df.get_column("reason").cast(pl.Int64).to_numpy(),
+        start_date, end_date, initial_balance,
+    )
+
+
+def analyze_arrays(profit: np.ndarray | None, open_ts: np.ndarray | None, close_ts: np.ndarray | None,
+                   reason: np.ndarray | None, start_date: Any, end_date: Any,
+                   initial_balance: float) -> dict[str, Any]:
+    """:func:`analyze_strategy` from the trades' columns (total_profit, open_ts, close_ts in
+    epoch s, reason), one value per trade; a sweep calls it on the kernel's records
+    without building a frame (same numbers: the frame holds the same floats)."""
     start = _epoch_s(start_date)
     end = _epoch_s(end_date)
     days = max((end - start) / 86400.0, 0.0)
-    n = 0 if trades_df is None else trades_df.height
+    n = 0 if profit is None else int(profit.shape[0])
     out: dict[str, Any] = dict.fromkeys(METRIC_KEYS)
     out.update(trades=0, wins=0, total_profit=0.0, pr=0.0, loss=0.0, max_drdn=0.0, pr_rat=0.0,
                exposure=0.0, stop_losses=0, liquidations=0, trades_per_day=0.0)
-    if n == 0 or trades_df is None:
+    if n == 0 or profit is None or open_ts is None or close_ts is None or reason is None:
         return out
-    profit = trades_df.get_column("total_profit").cast(pl.Float64).to_numpy()
-    open_ts = trades_df.get_column("open_ts").cast(pl.Float64).to_numpy()
-    close_ts = trades_df.get_column("close_ts").cast(pl.Float64).to_numpy()
     order = np.argsort(close_ts, kind="stable")
     equity = initial_balance + np.concatenate([[0.0], np.cumsum(profit[order])])
     wins = int((profit > 0).sum())
@@ -121,8 +135,8 @@ def analyze_strategy(trades_df: pl.DataFrame | None, start_date: Any, end_date: 
         avg_profit=total / n, loss=gross_loss, max_drdn=mdd, pr_rat=pr / max(mdd, 1.0),
         avg_dur=float(dur_h.mean()), max_dur=float(dur_h.max()),
         profit_factor=(gross_win / -gross_loss) if gross_loss < 0 else None,
-        stop_losses=int((trades_df.get_column("reason").cast(pl.Int64).to_numpy() == 2).sum()),
-        liquidations=int((trades_df.get_column("reason").cast(pl.Int64).to_numpy() == 4).sum()),
+        stop_losses=int((reason == 2).sum()),
+        liquidations=int((reason == 4).sum()),
         trades_per_day=(n / days) if days > 0 else None,
         exposure=_exposure(open_ts, close_ts, start, end),
     )

@@ -14,6 +14,7 @@ import logging
 import multiprocessing as mp
 import os
 import pickle
+import uuid
 import traceback
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection, wait
@@ -133,20 +134,38 @@ def run_local(tasks: Sequence[Task], workers: int | None = None, progress: Progr
 
 
 def run_dask(tasks: Sequence[Task], address: str, progress: Progress | None = None) -> list[PairOutcome]:
-    """Run every task on the Dask cluster at `address` (e.g. tcp://host:8786)."""
+    """Run every task on the Dask cluster at `address` (e.g. tcp://host:8786).
+
+    A task whose function names `remote_inputs` (pair_inputs.TokenRef: a symbol's quotes in
+    the job's database) gets them as arguments: one loader task per distinct symbol reads
+    it from Postgres on a worker, and the cluster moves the array to the pair's worker;
+    the client drops its handles at once, so a symbol's quotes are freed after its last pair.
+    """
     from distributed import Client, as_completed
     from distributed.client import FutureCancelledError
 
-    def call(fn: Callable[[], PairOutcome], t1: str, t2: str) -> PairOutcome:
+    from bot.research.pair_inputs import load_token
+
+    def call(fn: Callable[..., PairOutcome], t1: str, t2: str, *inputs: Any) -> PairOutcome:
         try:
-            return fn()
+            return fn(*inputs)
         except Exception as err:
             return PairOutcome(t1, t2, "failed", f"{type(err).__name__}: {err}")
 
     if not tasks:
         return []
     with Client(address) as client:
-        futures = [client.submit(call, fn, t1, t2, retries=1, pure=False) for t1, t2, fn in tasks]
+        loaders: dict[Any, Any] = {}
+        futures = []
+        for t1, t2, fn in tasks:
+            deps = []
+            for ref in getattr(fn, "remote_inputs", ()):
+                if ref not in loaders:
+                    loaders[ref] = client.submit(load_token, ref, retries=1, pure=False,
+                                                 key=f"quotes-{ref.symbol}-{uuid.uuid4().hex}")
+                deps.append(loaders[ref])
+            futures.append(client.submit(call, fn, t1, t2, *deps, retries=1, pure=False))
+        loaders.clear()
         index = {f.key: k for k, f in enumerate(futures)}
         results: dict[int, PairOutcome] = {}
         for fut in as_completed(futures):
@@ -154,9 +173,10 @@ def run_dask(tasks: Sequence[Task], address: str, progress: Progress | None = No
             t1, t2, _ = tasks[k]
             try:
                 outcome = fut.result()
-            except (FutureCancelledError, Exception) as err:  # KilledWorker after the retry
+            except (FutureCancelledError, Exception) as err:  # KilledWorker after the retry, a failed loader
                 outcome = PairOutcome(t1, t2, "failed", f"dask: {type(err).__name__}: {err}")
             results[k] = outcome
+            fut.release()
             if progress is not None:
                 progress(outcome)
     return [results[k] for k in range(len(tasks))]

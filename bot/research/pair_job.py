@@ -20,11 +20,22 @@ import numpy as np
 import polars as pl
 
 from bot.analysis import estimators as est
-from bot.analysis.backtesting import SizingParams, TickArrays, entry_sizing_problem, run_backtest
+from bot.analysis.backtesting import (
+    BLOCK_TICKS,
+    SizingParams,
+    TickArrays,
+    TickBlocks,
+    entry_sizing_problem,
+    price_blocks,
+    run_backtest,
+    run_backtest_rows,
+    tick_blocks,
+    trades_frame,
+)
 from bot.analysis.coverage import quote_coverage
 from bot.analysis.open_time_features import open_time_features
 from bot.analysis.signals import SignalParams
-from bot.analysis.strategy_analysis import analyze_strategy
+from bot.analysis.strategy_analysis import analyze_arrays, analyze_strategy
 from bot.analysis.zscore import tf_seconds, zscore_multi
 from bot.config.model import StrategyConfig
 from bot.research.params import ParamSet
@@ -88,6 +99,9 @@ class PairOutcome:
     summaries: list[dict[str, Any]] = field(default_factory=list)
     trade_records: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    bars_only: bool = False  # the input had no quote tick (bars-only mode)
+    partial_quotes: bool = False  # quote ticks and bar-close ticks mixed
+    ticks: int = 0  # ticks of the loaded window
 
 
 def slice_ticks(ticks: TickArrays, lo: int, hi: int) -> TickArrays:
@@ -205,22 +219,31 @@ def run_pair(
     sizings = {w: window_sizing(inp, strategy, inp.train_start, w) for w in winds}
 
     t0 = time.perf_counter()
+    # the train slice of every z series once, with its block extremes (the kernel's block
+    # skip: same trades to the bit, tests/analysis/test_tick_blocks.py)
+    train: dict[tuple[str, int], tuple[TickArrays, TickBlocks]] = {}
+    prices = None
+    for key, full in zs.items():
+        ticks = slice_ticks(full, lo, mid)
+        if prices is None:
+            prices = price_blocks(ticks.bid_1, ticks.ask_1, ticks.bid_2, ticks.ask_2, BLOCK_TICKS)
+        train[key] = (ticks, tick_blocks(ticks, BLOCK_TICKS, prices))
     feature_cache: dict[Any, Any] = {}
     t_feat = 0.0
     for p in param_sets:
-        res = run_backtest(slice_ticks(zs[p.z_key], lo, mid), signal_params(p, strategy), sizings[p.wind],
-                           strategy.force_close,
-                           token_1=inp.token_1, token_2=inp.token_2)
-        metrics = analyze_strategy(res.trades, inp.train_start, inp.valid_time, strategy.balance)
+        ticks, blocks = train[p.z_key]
+        res = run_backtest_rows(ticks, signal_params(p, strategy), sizings[p.wind], strategy.force_close,
+                                token_1=inp.token_1, token_2=inp.token_2, blocks=blocks)
+        metrics = _metrics(res, inp.train_start, inp.valid_time, strategy.balance)
         summary = _summary(p, metrics)
         summary["skipped_entries"] = res.skipped_entries
         summary["skips"] = res.skips
         for k, v in res.skips.items():
             out.skips[k] = out.skips.get(k, 0) + v
         out.summaries.append(summary)
-        if with_features and res.trades.height:
+        if with_features and res.rows.shape[0]:
             tf0 = time.perf_counter()
-            for tr in res.trades.iter_rows(named=True):
+            for tr in trades_frame(res.rows).iter_rows(named=True):
                 pos = {"pos_side": tr["pos_side"], "qty_1": tr["qty_1"], "qty_2": tr["qty_2"]}
                 feats = open_time_features(
                     tr["open_ts"], inp.bar_ts, inp.close_1, inp.close_2, tf_s, p.wind,
@@ -234,9 +257,10 @@ def run_pair(
     out.timings["backtests_s"] = time.perf_counter() - t0 - t_feat
     out.timings["features_s"] = t_feat
 
-    ind = run_backtest(slice_ticks(zs[default.z_key], lo, mid), signal_params(default, strategy),
-                       sizings[default.wind], strategy.force_close)
-    ind_m = analyze_strategy(ind.trades, inp.train_start, inp.valid_time, strategy.balance)
+    ticks, blocks = train[default.z_key]
+    ind = run_backtest_rows(ticks, signal_params(default, strategy), sizings[default.wind], strategy.force_close,
+                            blocks=blocks)
+    ind_m = _metrics(ind, inp.train_start, inp.valid_time, strategy.balance)
     stats.update(pr_ind=ind_m["pr"], pr_rat_ind=ind_m["pr_rat"])
     if out.summaries:
         stats["avg_pr_all"] = float(np.mean([r["pr"] for r in out.summaries]))
@@ -264,6 +288,14 @@ def run_pair(
         out.status, out.reason = "untradeable", why
     out.timings["total_s"] = time.perf_counter() - t_start
     return out
+
+
+def _metrics(res: Any, start: float, end: float, balance: float) -> dict[str, Any]:
+    """analyze_strategy of a RawBacktest, from its records (no frame)."""
+    if not res.rows.shape[0]:
+        return analyze_arrays(None, None, None, None, start, end, balance)
+    return analyze_arrays(res.column("total_profit"), res.column("open_ts"), res.column("close_ts"),
+                          res.column("reason"), start, end, balance)
 
 
 def _fees_pct(trades: pl.DataFrame, balance: float) -> float:

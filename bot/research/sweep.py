@@ -10,44 +10,41 @@ optionally the statistics as parquet (the notebook's all_pairs.parquet layout).
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import logging
 import math
 import re
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 
 from bot.analysis.zscore import tf_seconds
 from bot.config.model import BotConfig
 from bot.core.db import research as repo
-from bot.core.db.market import (
-    coin_information,
-    load_pair_data,
-    read_bars,
-    read_quotes,
-    symbol_of,
-    to_utc,
-)
-from bot.core.exchange.rounding import assumed_qty_step
+from bot.core.db.market import coin_information, read_bars, read_quotes, symbol_of, to_utc
 from bot.research.executor import Task, run_tasks
 from bot.research.jsonl import JsonlLog
-from bot.research.pair_job import PairInput, PairOutcome, run_pair, stats_frame
+from bot.research.pair_inputs import (
+    PairTask,
+    SkipPair,
+    TokenRef,
+    cache_bytes,
+    fill_cache,
+    human_bytes,
+    pair_input,
+)
+from bot.research.pair_job import PairInput, PairOutcome, stats_frame
 from bot.research.params import ParamSet, default_params, sample_params
 
 log = logging.getLogger(__name__)
 
 
 FEATURE_HISTORY = dt.timedelta(days=180)  # the open-time features' *_180d look-back (selection.md section 3)
-
-
-class SkipPair(Exception):
-    """A pair that cannot run; the message is the recorded reason."""
 
 
 @dataclass
@@ -73,33 +70,30 @@ async def load_input(db: Any, cfg: BotConfig, t1: str, t2: str, train_start: dt.
                      end: dt.datetime, max_wind: int, info: dict[str, Any], assume_instruments: bool,
                      bars_long: pl.DataFrame | None = None, quotes_long: pl.DataFrame | None = None,
                      history: dt.timedelta | None = None) -> PairInput:
+    """One pair's PairInput read from the database (`bot backtest`); the frames, when
+    given, save the queries. SkipPair when it cannot run."""
+    metas = instrument_metas(info, t1, t2, assume_instruments)
     s = cfg.strategy
+    warm = max(dt.timedelta(seconds=tf_seconds(s.tf) * max_wind), history or dt.timedelta(0))
+    if bars_long is None:
+        refs = [r for r in cfg.data.reference_symbols if r not in (t1, t2)]
+        bars_long = await read_bars(db, [symbol_of(t) for t in (t1, t2, *refs)], s.tf, train_start - warm, end)
+    if quotes_long is None:
+        quotes_long = await read_quotes(db, [symbol_of(t1), symbol_of(t2)], train_start, end)
+    return pair_input(cfg, t1, t2, train_start, valid, end, max_wind, metas, bars_long, quotes_long, history)
+
+
+def instrument_metas(info: dict[str, Any], t1: str, t2: str, assume_instruments: bool
+                     ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The two instruments' rows of coin_information; SkipPair when one is missing (unless
+    `assume_instruments`: None, the step is then assumed from the price)."""
     metas = []
     for t in (t1, t2):
         meta = info.get(f"{t}_USDT")
         if meta is None and not assume_instruments:
             raise SkipPair(f"no instrument info for {t}")
         metas.append(meta)
-    tick_df, agg = await load_pair_data(db, t1, t2, train_start, end, s.tf, max_wind, cfg.data.reference_symbols,
-                                        bars_long, quotes_long, half_spread=s.half_spread_bp * 1e-4,
-                                        history=history, quiet=True)
-    if agg.height == 0 or tick_df.height == 0:
-        raise SkipPair(f"no data for {t1}/{t2} in the window (unknown token or no history)")
-    is_quote = tick_df[f"{t1}_bid_size"].is_not_null().to_numpy()
-    bars_only = not bool(is_quote.any())
-    bid_1, ask_1 = tick_df[f"{t1}_bid_price"].to_numpy(), tick_df[f"{t1}_ask_price"].to_numpy()
-    bid_2, ask_2 = tick_df[f"{t2}_bid_price"].to_numpy(), tick_df[f"{t2}_ask_price"].to_numpy()
-    steps = [m["qty_step"] if m else assumed_qty_step(float(agg[t][0])) for m, t in zip(metas, (t1, t2), strict=True)]
-    refs = {r.lower(): agg[r].cast(pl.Float64).to_numpy() for r in cfg.data.reference_symbols if r in agg.columns}
-    return PairInput(
-        t1, t2, tick_df["ts"].cast(pl.Float64).to_numpy(), np.ascontiguousarray(bid_1), np.ascontiguousarray(ask_1),
-        np.ascontiguousarray(bid_2), np.ascontiguousarray(ask_2), agg["ts"].cast(pl.Float64).to_numpy(),
-        agg[t1].cast(pl.Float64).to_numpy(), agg[t2].cast(pl.Float64).to_numpy(), train_start.timestamp(),
-        valid.timestamp(), end.timestamp(), steps[0], steps[1],
-        metas[0]["min_qty"] if metas[0] else None, metas[1]["min_qty"] if metas[1] else None,
-        (metas[0]["min_notional"] or 0.0) if metas[0] else 0.0, (metas[1]["min_notional"] or 0.0) if metas[1] else 0.0,
-        bars_only, refs, None if bars_only or bool(is_quote.all()) else is_quote,
-    )
+    return metas[0], metas[1]
 
 
 def _progress(total: int, desc: str = "sweep") -> Any:
@@ -187,6 +181,7 @@ async def run_sweep(
     run_id = await repo.start_run(pool, kind, {
         "pairs": len(pairs), "iters": len(sets), "seed": seed, "train_start": train_start.isoformat(),
         "valid_time": valid_time.isoformat(), "end_time": end_time.isoformat()})
+    cache_dir: Path | None = None
     try:
         info = (await coin_information(db))["bybit_linear"]
         # every pair's bars (and the reference symbols') in one query
@@ -194,29 +189,46 @@ async def run_sweep(
         # the z windows' warm-up, and the open-time features' 180 days (bounded by what exists)
         history = FEATURE_HISTORY if with_features else None
         warm = max(dt.timedelta(seconds=tf_seconds(cfg.strategy.tf) * max_wind), history or dt.timedelta(0))
-        bars_long = await read_bars(db, [symbol_of(t) for t in tokens], cfg.strategy.tf,
-                                    to_utc(train_start) - warm, to_utc(end_time))
-        # and every pair token's quotes once (each token is in many pairs)
-        pair_tokens = sorted({t for pair in pairs for t in pair})
-        quotes_long = await read_quotes(db, [symbol_of(t) for t in pair_tokens], to_utc(train_start), to_utc(end_time))
-        tasks: list[Task] = []
+        lo, valid, hi = to_utc(train_start), to_utc(valid_time), to_utc(end_time)
+        bars_long = await read_bars(db, [symbol_of(t) for t in tokens], cfg.strategy.tf, lo - warm, hi)
+        by_symbol = bars_long.partition_by("symbol", as_dict=True) if bars_long.height else {}
+        ready: list[tuple[str, str, tuple[dict[str, Any] | None, dict[str, Any] | None]]] = []
         skipped: list[PairOutcome] = []
-        bars_only = partial = 0
         for t1, t2 in pairs:
             try:
-                inp = await load_input(db, cfg, t1, t2, to_utc(train_start), to_utc(valid_time), to_utc(end_time),
-                                       max_wind, info, assume_instruments, bars_long, quotes_long, history)
+                ready.append((t1, t2, instrument_metas(info, t1, t2, assume_instruments)))
             except SkipPair as why:
                 log.debug("skipping %s/%s: %s", t1, t2, why)
                 skipped.append(PairOutcome(t1, t2, "skipped", str(why)))
-                continue
-            bars_only += inp.bars_only
-            partial += inp.is_quote is not None
-            tasks.append((t1, t2, functools.partial(run_pair, inp, sets, default, cfg.strategy, with_features)))
-        if bars_only or partial:  # one line, not one per pair
-            log.info("%s: %d of %d pairs without quotes in the window (bars-only mode: bar-close ticks, half spread "
-                     "%g bp), %d partly covered by quotes", progress_desc, bars_only, len(tasks),
-                     cfg.strategy.half_spread_bp, partial)
+        # each token's quotes read once (pair_inputs: a disk cache for local workers,
+        # loader tasks on a Dask cluster); every task carries only its pair's bars
+        pair_symbols = sorted({symbol_of(t) for t1, t2, _ in ready for t in (t1, t2)})
+        sources: dict[str, Any]
+        if executor is None and cfg.compute.dask_scheduler:
+            dsn = getattr(db, "dsn", None)
+            if not dsn:
+                raise ValueError("compute.dask_scheduler: the Dask workers read the quotes from Postgres "
+                                 "themselves and need the database's DSN (pass a Database, not a pool)")
+            sources = {sym: TokenRef(sym, lo.timestamp(), hi.timestamp(), dsn) for sym in pair_symbols}
+        else:
+            cache_dir = Path(tempfile.mkdtemp(prefix="bot-quotes-", dir=cfg.compute.cache_dir))
+            n_quotes = [0]
+
+            def filled(sym: str, n: int) -> None:
+                n_quotes[0] += n
+
+            sources = await fill_cache(db, pair_symbols, lo, hi, cache_dir, filled)
+            log.info("%s: %d quotes of %d symbols read once into %s (%s on disk)", progress_desc, n_quotes[0],
+                     len(pair_symbols), cache_dir, human_bytes(cache_bytes(n_quotes[0])))
+        tasks: list[Task] = []
+        for t1, t2, metas in ready:
+            wanted = {symbol_of(t) for t in (t1, t2, *cfg.data.reference_symbols)}
+            parts = [by_symbol[(sym,)] for sym in sorted(wanted) if (sym,) in by_symbol]
+            bars = pl.concat(parts) if parts else bars_long.clear()
+            syms = (symbol_of(t1), symbol_of(t2))
+            tasks.append((t1, t2, PairTask(cfg, t1, t2, syms, (sources[syms[0]], sources[syms[1]]), bars,
+                                           (lo, valid, hi), max_wind, metas, history, sets, default,
+                                           with_features)))
         t_load = time.perf_counter() - t0
         progress = _progress(len(tasks), progress_desc)
         try:
@@ -226,6 +238,12 @@ async def run_sweep(
         finally:
             progress.close()  # type: ignore[attr-defined]
         outcomes = outcomes + skipped
+        bars_only = sum(o.bars_only for o in outcomes)
+        partial = sum(o.partial_quotes for o in outcomes)
+        if bars_only or partial:  # one line, not one per pair
+            log.info("%s: %d of %d pairs without quotes in the window (bars-only mode: bar-close ticks, half spread "
+                     "%g bp), %d partly covered by quotes", progress_desc, bars_only, len(tasks),
+                     cfg.strategy.half_spread_bp, partial)
         for o in outcomes:
             if o.status != "ok":
                 log.debug("%s/%s %s: %s", o.token_1, o.token_2, o.status, o.reason)
@@ -246,3 +264,6 @@ async def run_sweep(
     except BaseException as err:
         await repo.finish_run(pool, run_id, "failed", f"{type(err).__name__}: {err}")
         raise
+    finally:
+        if cache_dir is not None:
+            shutil.rmtree(cache_dir, ignore_errors=True)

@@ -799,15 +799,31 @@ async def load_pair_data(db: Any, token_1: str, token_2: str, start: Any, end: A
     """
     t1, t2 = token_of(token_1), token_of(token_2)
     lo, hi = to_utc(start), to_utc(end)
+    if bars_long is None:
+        warm = max(dt.timedelta(seconds=tf_seconds(tf) * int(wind)), history or dt.timedelta(0))
+        refs = [r for r in reference_tokens if r not in (t1, t2)]
+        bars_long = await read_bars(db, [symbol_of(t) for t in (t1, t2, *refs)], tf, lo - warm, hi)
+    if quotes_long is None:
+        quotes_long = await read_quotes(db, [symbol_of(t1), symbol_of(t2)], lo, hi)
+    return pair_frames(t1, t2, lo, hi, tf, wind, reference_tokens, bars_long, quotes_long, half_spread, history,
+                       quiet)
+
+
+def pair_frames(token_1: str, token_2: str, start: Any, end: Any, tf: str, wind: int,
+                reference_tokens: Sequence[str], bars_long: pl.DataFrame, quotes_long: pl.DataFrame,
+                half_spread: float = 1e-4, history: dt.timedelta | None = None,
+                quiet: bool = False) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """:func:`load_pair_data` from frames already read (long bars and quotes covering the
+    window; other symbols and times are filtered out): no IO, so a worker process builds
+    a pair's window from its own copy of two tokens' quotes."""
+    t1, t2 = token_of(token_1), token_of(token_2)
+    lo, hi = to_utc(start), to_utc(end)
     tf_s = tf_seconds(tf)
     warm = max(dt.timedelta(seconds=tf_s * int(wind)), history or dt.timedelta(0))
     refs = [r for r in reference_tokens if r not in (t1, t2)]
     wanted = [symbol_of(t) for t in (t1, t2, *refs)]
-    if bars_long is not None:
-        lo_s, hi_s = (lo - warm).timestamp(), hi.timestamp()
-        long = bars_long.filter(pl.col("symbol").is_in(wanted) & (pl.col("ts") >= lo_s) & (pl.col("ts") < hi_s))
-    else:
-        long = await read_bars(db, wanted, tf, lo - warm, hi)
+    lo_s, hi_s = (lo - warm).timestamp(), hi.timestamp()
+    long = bars_long.filter(pl.col("symbol").is_in(wanted) & (pl.col("ts") >= lo_s) & (pl.col("ts") < hi_s))
     agg = bars_wide(long, [t1, t2])
     for r in refs:
         part = long.filter(pl.col("symbol") == symbol_of(r)).select(
@@ -815,11 +831,8 @@ async def load_pair_data(db: Any, token_1: str, token_2: str, start: Any, end: A
         )
         if part.height:
             agg = agg.join(part, on="ts", how="left")
-    if quotes_long is not None:
-        quotes = quotes_long.filter(pl.col("symbol").is_in([symbol_of(t1), symbol_of(t2)])
-                                    & (pl.col("ts") >= lo.timestamp()) & (pl.col("ts") < hi.timestamp()))
-    else:
-        quotes = await read_quotes(db, [symbol_of(t1), symbol_of(t2)], lo, hi)
+    quotes = quotes_long.filter(pl.col("symbol").is_in([symbol_of(t1), symbol_of(t2)])
+                                & (pl.col("ts") >= lo.timestamp()) & (pl.col("ts") < hi.timestamp()))
     # a bar-close tick carries the bar's close: only bars that close inside the window
     window_bars = agg.filter((pl.col("time") >= lo) & (pl.col("ts") + tf_s <= hi.timestamp()))
     qticks = _quote_ticks(quotes, t1, t2) if quotes.height else None

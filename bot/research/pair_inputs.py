@@ -1,0 +1,222 @@
+"""Each pair's inputs, built where the pair runs, so the job's memory stays bounded.
+
+A research or re-selection job over hundreds of pairs must not hold every pair's
+ticks at once (431 pairs x 60 days of 5 s quotes would be ~17 GB). Each token's
+quotes are still read from Postgres once per job, not once per pair:
+
+- Local workers: the parent reads the window's quotes one symbol at a time (binary
+  COPY) into a disk cache, one ``.npy`` file per symbol (float64 columns ts, bid,
+  ask, bid size, ask size: 40 bytes a quote, ~42 MB for 60 days of 5 s quotes),
+  then frees them. A worker maps its pair's two files (``np.load(mmap_mode="r")``)
+  and builds the pair's window itself (:func:`bot.core.db.market.pair_frames`, the
+  code ``load_pair_data`` runs). The parent holds one symbol's quotes at a time, a
+  worker one pair's window; the cache costs disk (``compute.cache_dir``, default
+  the system temp directory: put it on a disk, not a tmpfs) and is removed when the
+  job ends, failed or not.
+- A Dask cluster (``compute.dask_scheduler``): the workers share no disk, so one
+  loader task per symbol (:func:`load_token`) reads the symbol's quotes from
+  Postgres on a worker, and each pair task receives its two symbols' arrays from
+  the cluster, worker to worker: the client sends small task descriptions only.
+  The scheduler frees a symbol's array once its last pair has run.
+
+Bars (one query for all symbols, small) travel with each task: the pair's two
+symbols and the reference symbols, ~1 MB.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from bot.config.model import BotConfig
+from bot.research.pair_job import PairInput, PairOutcome, run_pair
+from bot.research.params import ParamSet
+
+log = logging.getLogger(__name__)
+
+QUOTE_COLUMNS = ("ts", "bid_price", "ask_price", "bid_size", "ask_size")
+
+
+class SkipPair(Exception):
+    """A pair that cannot run; the message is the recorded reason."""
+
+
+@dataclass(frozen=True)
+class TokenRef:
+    """One symbol's quotes of [start, end) (epoch s) in the job's database, to be read
+    by a Dask worker. The DSN is kept out of the repr (it may carry a password)."""
+
+    symbol: str
+    start: float
+    end: float
+    dsn: str = field(repr=False)
+
+
+QuoteSource = str | TokenRef | np.ndarray
+
+
+def quotes_array(frame: pl.DataFrame) -> np.ndarray:
+    """A read_quotes frame of ONE symbol as an (n, 5) float64 array (QUOTE_COLUMNS), ts-sorted."""
+    if frame.height == 0:
+        return np.empty((0, len(QUOTE_COLUMNS)))
+    return np.ascontiguousarray(frame.select(QUOTE_COLUMNS).to_numpy().astype(np.float64, copy=False))
+
+
+def quotes_frame(symbol: str, arr: np.ndarray) -> pl.DataFrame:
+    """The inverse of :func:`quotes_array`: the read_quotes layout (symbol first)."""
+    cols: dict[str, Any] = {"symbol": pl.Series("symbol", [symbol] * arr.shape[0], dtype=pl.Utf8)}
+    for k, c in enumerate(QUOTE_COLUMNS):
+        cols[c] = np.asarray(arr[:, k], dtype=np.float64)
+    return pl.DataFrame(cols)
+
+
+async def _read_one(db: Any, symbol: str, start: dt.datetime, end: dt.datetime) -> np.ndarray:
+    from bot.core.db.market import read_quotes
+
+    return quotes_array(await read_quotes(db, [symbol], start, end))
+
+
+async def fill_cache(db: Any, symbols: Sequence[str], start: dt.datetime, end: dt.datetime, directory: Path,
+                     progress: Callable[[str, int], None] | None = None) -> dict[str, str]:
+    """Read each symbol's quotes of [start, end) once into ``directory/<symbol>.npy``; the
+    paths by symbol. One symbol in memory at a time (the file is written, then freed)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, str] = {}
+    for sym in symbols:
+        arr = await _read_one(db, sym, start, end)
+        path = directory / f"{sym}.npy"
+        np.save(path, arr, allow_pickle=False)
+        paths[sym] = str(path)
+        if progress is not None:
+            progress(sym, int(arr.shape[0]))
+        del arr
+    return paths
+
+
+def load_token(ref: TokenRef) -> np.ndarray:
+    """A Dask worker's read of one symbol's quotes (its own connection, closed after)."""
+    from bot.core.db.pool import create_pool
+
+    async def go() -> np.ndarray:
+        pool = await create_pool(ref.dsn, min_size=1, max_size=1)
+        try:
+            return await _read_one(pool, ref.symbol, dt.datetime.fromtimestamp(ref.start, dt.UTC),
+                                   dt.datetime.fromtimestamp(ref.end, dt.UTC))
+        finally:
+            await pool.close()
+
+    return asyncio.run(go())
+
+
+def _resolve(source: QuoteSource | None) -> np.ndarray:
+    if isinstance(source, np.ndarray):
+        return source
+    if isinstance(source, str):
+        return np.load(source, mmap_mode="r", allow_pickle=False)
+    raise TypeError(f"quotes not resolved: {source!r} (a TokenRef is loaded by the Dask executor)")
+
+
+def pair_input(cfg: BotConfig, t1: str, t2: str, train_start: dt.datetime, valid: dt.datetime, end: dt.datetime,
+               max_wind: int, metas: Sequence[dict[str, Any] | None], bars_long: pl.DataFrame,
+               quotes_long: pl.DataFrame, history: dt.timedelta | None) -> PairInput:
+    """A pair's PairInput from frames already read (no IO): the window of
+    :func:`bot.core.db.market.pair_frames`, the instruments' steps (`metas`; None: the
+    step assumed from the price, bot.core.exchange.rounding.assumed_qty_step)."""
+    from bot.core.db.market import pair_frames
+    from bot.core.exchange.rounding import assumed_qty_step
+
+    s = cfg.strategy
+    tick_df, agg = pair_frames(t1, t2, train_start, end, s.tf, max_wind, cfg.data.reference_symbols, bars_long,
+                               quotes_long, half_spread=s.half_spread_bp * 1e-4, history=history, quiet=True)
+    if agg.height == 0 or tick_df.height == 0:
+        raise SkipPair(f"no data for {t1}/{t2} in the window (unknown token or no history)")
+    is_quote = tick_df[f"{t1}_bid_size"].is_not_null().to_numpy()
+    bars_only = not bool(is_quote.any())
+    bid_1, ask_1 = tick_df[f"{t1}_bid_price"].to_numpy(), tick_df[f"{t1}_ask_price"].to_numpy()
+    bid_2, ask_2 = tick_df[f"{t2}_bid_price"].to_numpy(), tick_df[f"{t2}_ask_price"].to_numpy()
+    m1, m2 = metas
+    steps = [m["qty_step"] if m else assumed_qty_step(float(agg[t][0])) for m, t in zip(metas, (t1, t2), strict=True)]
+    refs = {r.lower(): agg[r].cast(pl.Float64).to_numpy() for r in cfg.data.reference_symbols if r in agg.columns}
+    return PairInput(
+        t1, t2, tick_df["ts"].cast(pl.Float64).to_numpy(), np.ascontiguousarray(bid_1), np.ascontiguousarray(ask_1),
+        np.ascontiguousarray(bid_2), np.ascontiguousarray(ask_2), agg["ts"].cast(pl.Float64).to_numpy(),
+        agg[t1].cast(pl.Float64).to_numpy(), agg[t2].cast(pl.Float64).to_numpy(), train_start.timestamp(),
+        valid.timestamp(), end.timestamp(), steps[0], steps[1],
+        m1["min_qty"] if m1 else None, m2["min_qty"] if m2 else None,
+        (m1["min_notional"] or 0.0) if m1 else 0.0, (m2["min_notional"] or 0.0) if m2 else 0.0,
+        bars_only, refs, None if bars_only or bool(is_quote.all()) else is_quote,
+    )
+
+
+@dataclass
+class PairTask:
+    """One pair's job, small enough to send anywhere: its bars, where its two symbols'
+    quotes are (cache paths, TokenRefs for a Dask cluster, or arrays) and what to run.
+    Calling it builds the PairInput (timed as ``load_s``) and runs :func:`run_pair`."""
+
+    cfg: BotConfig
+    token_1: str
+    token_2: str
+    symbols: tuple[str, str]
+    quotes: tuple[QuoteSource, QuoteSource]
+    bars: pl.DataFrame
+    window: tuple[dt.datetime, dt.datetime, dt.datetime]  # train_start, valid_time, end_time
+    max_wind: int
+    metas: tuple[dict[str, Any] | None, dict[str, Any] | None]
+    history: dt.timedelta | None
+    param_sets: list[ParamSet]
+    default: ParamSet
+    with_features: bool
+
+    @property
+    def remote_inputs(self) -> tuple[TokenRef, ...]:
+        """The quotes a Dask executor loads first and passes to __call__, in leg order."""
+        return tuple(q for q in self.quotes if isinstance(q, TokenRef))
+
+    def build(self, *arrays: np.ndarray) -> PairInput:
+        got = list(arrays)
+        legs = [got.pop(0) if isinstance(q, TokenRef) else _resolve(q) for q in self.quotes]
+        quotes = pl.concat([quotes_frame(sym, arr) for sym, arr in zip(self.symbols, legs, strict=True)])
+        start, valid, end = self.window
+        return pair_input(self.cfg, self.token_1, self.token_2, start, valid, end, self.max_wind, self.metas,
+                          self.bars, quotes, self.history)
+
+    def __call__(self, *arrays: np.ndarray) -> PairOutcome:
+        t0 = time.perf_counter()
+        try:
+            inp = self.build(*arrays)
+        except SkipPair as why:
+            return PairOutcome(self.token_1, self.token_2, "skipped", str(why))
+        t_load = time.perf_counter() - t0
+        out = run_pair(inp, self.param_sets, self.default, self.cfg.strategy, self.with_features)
+        out.timings["load_s"] = t_load
+        out.bars_only = inp.bars_only
+        out.partial_quotes = inp.is_quote is not None
+        out.ticks = int(inp.tick_ts.shape[0])
+        return out
+
+
+def cache_bytes(n_quotes: int) -> int:
+    """Disk the cache takes for `n_quotes` quotes (.npy header aside)."""
+    return n_quotes * 8 * len(QUOTE_COLUMNS)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+__all__ = ["PairTask", "QUOTE_COLUMNS", "SkipPair", "TokenRef", "cache_bytes", "fill_cache", "human_bytes",
+           "load_token", "pair_input", "quotes_array", "quotes_frame"]

@@ -14,8 +14,8 @@ import logging
 import multiprocessing as mp
 import os
 import pickle
-import uuid
 import traceback
+import uuid
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection, wait
 from typing import Any

@@ -36,7 +36,9 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+from numba import njit
 
+from bot.analysis.zscore import tf_seconds
 from bot.config.model import BotConfig
 from bot.research.pair_job import PairInput, PairOutcome, run_pair
 from bot.research.params import ParamSet
@@ -125,33 +127,148 @@ def _resolve(source: QuoteSource | None) -> np.ndarray:
     raise TypeError(f"quotes not resolved: {source!r} (a TokenRef is loaded by the Dask executor)")
 
 
+@njit(cache=True)
+def common_times(ts_1: np.ndarray, ts_2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (i, j) with ts_1[i] == ts_2[j], in time order, of two ascending arrays of
+    distinct times (a symbol's quotes: the primary key is (symbol, ts)): the inner join
+    of the two legs on ts, by one merge walk."""
+    n1 = ts_1.shape[0]
+    n2 = ts_2.shape[0]
+    out_1 = np.empty(min(n1, n2), np.int64)
+    out_2 = np.empty(min(n1, n2), np.int64)
+    i = 0
+    j = 0
+    k = 0
+    while i < n1 and j < n2:
+        a = ts_1[i]
+        b = ts_2[j]
+        if a == b:
+            out_1[k] = i
+            out_2[k] = j
+            k += 1
+            i += 1
+            j += 1
+        elif a < b:
+            i += 1
+        else:
+            j += 1
+    return out_1[:k], out_2[:k]
+
+
+@njit(cache=True)
+def merge_ticks(q_ts: np.ndarray, i1: np.ndarray, i2: np.ndarray, bid_1: np.ndarray, ask_1: np.ndarray,
+                bid_2: np.ndarray, ask_2: np.ndarray, w_ts: np.ndarray, close_1: np.ndarray, close_2: np.ndarray,
+                tf_s: int, half: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                                 np.ndarray]:
+    """The pair's ticks (ts, bid_1, ask_1, bid_2, ask_2, is_quote) in time order: the quote
+    ticks (q_ts, the legs' rows i1 / i2) and a bar-close tick for every window bar (w_ts,
+    whole seconds; closes close_1 / close_2) whose slot [w, w + tf_s) holds no quote tick,
+    at bid / ask = close (1 -/+ half). A bar not on the tf grid is never covered (pair_frames
+    matches slots by equality). On equal times a quote tick comes first (a stable sort)."""
+    nq = q_ts.shape[0]
+    nw = w_ts.shape[0]
+    gap = np.ones(nw, np.bool_)
+    j = 0
+    for k in range(nw):
+        w = w_ts[k]
+        if w % tf_s != 0:
+            continue
+        while j < nq and q_ts[j] < w:
+            j += 1
+        if j < nq and q_ts[j] < w + tf_s:
+            gap[k] = False
+    n = nq + int(gap.sum())
+    ts = np.empty(n)
+    b1 = np.empty(n)
+    a1 = np.empty(n)
+    b2 = np.empty(n)
+    a2 = np.empty(n)
+    isq = np.empty(n, np.bool_)
+    i = 0
+    k = 0
+    for m in range(n):
+        while k < nw and not gap[k]:
+            k += 1
+        if i < nq and (k >= nw or q_ts[i] <= w_ts[k]):
+            ts[m] = q_ts[i]
+            b1[m] = bid_1[i1[i]]
+            a1[m] = ask_1[i1[i]]
+            b2[m] = bid_2[i2[i]]
+            a2[m] = ask_2[i2[i]]
+            isq[m] = True
+            i += 1
+        else:
+            ts[m] = w_ts[k]
+            b1[m] = close_1[k] * (1 - half)
+            a1[m] = close_1[k] * (1 + half)
+            b2[m] = close_2[k] * (1 - half)
+            a2[m] = close_2[k] * (1 + half)
+            isq[m] = False
+            k += 1
+    return ts, b1, a1, b2, a2, isq
+
+
+def _bars(cfg: BotConfig, t1: str, t2: str, lo: dt.datetime, hi: dt.datetime, max_wind: int,
+          bars_long: pl.DataFrame, history: dt.timedelta | None) -> pl.DataFrame:
+    from bot.core.db.market import bars_wide, symbol_of
+
+    tf_s = tf_seconds(cfg.strategy.tf)
+    warm = max(dt.timedelta(seconds=tf_s * int(max_wind)), history or dt.timedelta(0))
+    refs = [r for r in cfg.data.reference_symbols if r not in (t1, t2)]
+    wanted = [symbol_of(t) for t in (t1, t2, *refs)]
+    long = bars_long.filter(pl.col("symbol").is_in(wanted) & (pl.col("ts") >= (lo - warm).timestamp())
+                            & (pl.col("ts") < hi.timestamp()))
+    agg = bars_wide(long, [t1, t2])
+    for r in refs:
+        part = long.filter(pl.col("symbol") == symbol_of(r)).select(
+            pl.col("ts").round().cast(pl.Int64), pl.col("close").alias(r))
+        if part.height:
+            agg = agg.join(part, on="ts", how="left")
+    return agg
+
+
 def pair_input(cfg: BotConfig, t1: str, t2: str, train_start: dt.datetime, valid: dt.datetime, end: dt.datetime,
                max_wind: int, metas: Sequence[dict[str, Any] | None], bars_long: pl.DataFrame,
-               quotes_long: pl.DataFrame, history: dt.timedelta | None) -> PairInput:
-    """A pair's PairInput from frames already read (no IO): the window of
-    :func:`bot.core.db.market.pair_frames`, the instruments' steps (`metas`; None: the
-    step assumed from the price, bot.core.exchange.rounding.assumed_qty_step)."""
-    from bot.core.db.market import pair_frames
+               quotes_1: np.ndarray, quotes_2: np.ndarray, history: dt.timedelta | None) -> PairInput:
+    """A pair's PairInput from what was read (no IO): long bars, and each leg's quotes as a
+    quotes_array of [train_start, end). The window of bot.core.db.market.pair_frames (the
+    notebook's load_pair_data), built without frames for the ticks: quote ticks where
+    both legs quoted at the same time (ts rounded to the second, as pair_frames does),
+    plus one bar-close tick, at the bar's open time, for every bar of the window closing
+    inside it without a quote tick in its slot (strategy.md section 1); equal to a
+    PairInput built from pair_frames, array for array (tests/research/test_pair_inputs.py).
+    `metas`: the instruments' rows (None: the step assumed from the first close price,
+    bot.core.exchange.rounding.assumed_qty_step)."""
     from bot.core.exchange.rounding import assumed_qty_step
 
     s = cfg.strategy
-    tick_df, agg = pair_frames(t1, t2, train_start, end, s.tf, max_wind, cfg.data.reference_symbols, bars_long,
-                               quotes_long, half_spread=s.half_spread_bp * 1e-4, history=history, quiet=True)
-    if agg.height == 0 or tick_df.height == 0:
+    tf_s = tf_seconds(s.tf)
+    lo, hi = train_start, end
+    agg = _bars(cfg, t1, t2, lo, hi, max_wind, bars_long, history)
+    legs = []
+    for q in (quotes_1, quotes_2):  # [lo, hi) of an ascending array: a view, no copy
+        a, b = np.searchsorted(q[:, 0], [lo.timestamp(), hi.timestamp()], side="left")
+        legs.append(q[a:b])
+    q1, q2 = legs
+    i1, i2 = common_times(q1[:, 0], q2[:, 0])
+    q_ts = pl.Series(q1[i1, 0]).round().cast(pl.Int64).to_numpy()  # pair_frames' rounding, to the bit
+    # a bar-close tick carries the bar's close: only bars that close inside the window
+    window = agg.select((pl.col("time") >= lo) & (pl.col("ts") + tf_s <= hi.timestamp())).to_series().to_numpy()
+    if agg.height == 0 or (q_ts.size == 0 and not bool(window.any())):
         raise SkipPair(f"no data for {t1}/{t2} in the window (unknown token or no history)")
-    is_quote = tick_df[f"{t1}_bid_size"].is_not_null().to_numpy()
+    w_ts = np.ascontiguousarray(agg["ts"].to_numpy()[window], dtype=np.int64)
+    ts, bid_1, ask_1, bid_2, ask_2, is_quote = merge_ticks(
+        q_ts, i1, i2, q1[:, 1], q1[:, 2], q2[:, 1], q2[:, 2], w_ts,
+        np.ascontiguousarray(agg[t1].to_numpy()[window], dtype=np.float64),
+        np.ascontiguousarray(agg[t2].to_numpy()[window], dtype=np.float64), tf_s, s.half_spread_bp * 1e-4)
     bars_only = not bool(is_quote.any())
-    bid_1, ask_1 = tick_df[f"{t1}_bid_price"].to_numpy(), tick_df[f"{t1}_ask_price"].to_numpy()
-    bid_2, ask_2 = tick_df[f"{t2}_bid_price"].to_numpy(), tick_df[f"{t2}_ask_price"].to_numpy()
     m1, m2 = metas
     steps = [m["qty_step"] if m else assumed_qty_step(float(agg[t][0])) for m, t in zip(metas, (t1, t2), strict=True)]
     refs = {r.lower(): agg[r].cast(pl.Float64).to_numpy() for r in cfg.data.reference_symbols if r in agg.columns}
     return PairInput(
-        t1, t2, tick_df["ts"].cast(pl.Float64).to_numpy(), np.ascontiguousarray(bid_1), np.ascontiguousarray(ask_1),
-        np.ascontiguousarray(bid_2), np.ascontiguousarray(ask_2), agg["ts"].cast(pl.Float64).to_numpy(),
-        agg[t1].cast(pl.Float64).to_numpy(), agg[t2].cast(pl.Float64).to_numpy(), train_start.timestamp(),
-        valid.timestamp(), end.timestamp(), steps[0], steps[1],
-        m1["min_qty"] if m1 else None, m2["min_qty"] if m2 else None,
+        t1, t2, ts, bid_1, ask_1, bid_2, ask_2, agg["ts"].cast(pl.Float64).to_numpy(), agg[t1].cast(pl.Float64).to_numpy(),
+        agg[t2].cast(pl.Float64).to_numpy(), train_start.timestamp(), valid.timestamp(), end.timestamp(),
+        steps[0], steps[1], m1["min_qty"] if m1 else None, m2["min_qty"] if m2 else None,
         (m1["min_notional"] or 0.0) if m1 else 0.0, (m2["min_notional"] or 0.0) if m2 else 0.0,
         bars_only, refs, None if bars_only or bool(is_quote.all()) else is_quote,
     )
@@ -185,10 +302,9 @@ class PairTask:
     def build(self, *arrays: np.ndarray) -> PairInput:
         got = list(arrays)
         legs = [got.pop(0) if isinstance(q, TokenRef) else _resolve(q) for q in self.quotes]
-        quotes = pl.concat([quotes_frame(sym, arr) for sym, arr in zip(self.symbols, legs, strict=True)])
         start, valid, end = self.window
         return pair_input(self.cfg, self.token_1, self.token_2, start, valid, end, self.max_wind, self.metas,
-                          self.bars, quotes, self.history)
+                          self.bars, legs[0], legs[1], self.history)
 
     def __call__(self, *arrays: np.ndarray) -> PairOutcome:
         t0 = time.perf_counter()

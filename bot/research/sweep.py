@@ -37,6 +37,7 @@ from bot.research.pair_inputs import (
     fill_cache,
     human_bytes,
     pair_input,
+    quotes_array,
 )
 from bot.research.pair_job import PairInput, PairOutcome, stats_frame
 from bot.research.params import ParamSet, default_params, sample_params
@@ -80,7 +81,8 @@ async def load_input(db: Any, cfg: BotConfig, t1: str, t2: str, train_start: dt.
         bars_long = await read_bars(db, [symbol_of(t) for t in (t1, t2, *refs)], s.tf, train_start - warm, end)
     if quotes_long is None:
         quotes_long = await read_quotes(db, [symbol_of(t1), symbol_of(t2)], train_start, end)
-    return pair_input(cfg, t1, t2, train_start, valid, end, max_wind, metas, bars_long, quotes_long, history)
+    legs = [quotes_array(quotes_long.filter(pl.col("symbol") == symbol_of(t))) for t in (t1, t2)]
+    return pair_input(cfg, t1, t2, train_start, valid, end, max_wind, metas, bars_long, legs[0], legs[1], history)
 
 
 def instrument_metas(info: dict[str, Any], t1: str, t2: str, assume_instruments: bool
@@ -127,6 +129,18 @@ def _progress(total: int, desc: str = "sweep") -> Any:
 
     line.close = lambda: None  # type: ignore[attr-defined]
     return line
+
+
+def worker_seconds(outcomes: list[PairOutcome]) -> dict[str, float]:
+    """The pairs' own timings summed over all workers (core-seconds, not wall): building the
+    inputs from the quotes, z-scores, backtests, features."""
+    out = {"pair_load_core_s": 0.0, "zscore_core_s": 0.0, "backtests_core_s": 0.0, "features_core_s": 0.0}
+    for o in outcomes:
+        out["pair_load_core_s"] += o.timings.get("load_s", 0.0)
+        out["zscore_core_s"] += o.timings.get("zscore_s", 0.0)
+        out["backtests_core_s"] += o.timings.get("backtests_s", 0.0)
+        out["features_core_s"] += o.timings.get("features_s", 0.0)
+    return out
 
 
 _NUMBER = re.compile(r"\d+(\.\d+)?")
@@ -255,7 +269,8 @@ async def run_sweep(
             for o in outcomes:
                 logged += jl.append(o.trade_records)
         await repo.write_outcomes(pool, run_id, outcomes)
-        report = SweepReport(run_id, outcomes, logged, time.perf_counter() - t0, {"load_s": t_load})
+        report = SweepReport(run_id, outcomes, logged, time.perf_counter() - t0,
+                             {"load_s": t_load, **worker_seconds(outcomes)})
         if parquet_path is not None:
             Path(parquet_path).parent.mkdir(parents=True, exist_ok=True)
             report.stats.write_parquet(parquet_path)

@@ -22,6 +22,8 @@ import polars as pl
 from bot.analysis import estimators as est
 from bot.analysis.backtesting import (
     BLOCK_TICKS,
+    TRADE_COLS,
+    RawBacktest,
     SizingParams,
     TickArrays,
     TickBlocks,
@@ -177,8 +179,13 @@ def run_pair(
     strategy: StrategyConfig,
     with_features: bool = True,
     median_length: int | None = None,
+    reference: bool = False,
 ) -> PairOutcome:
-    """Sweep `param_sets` on the train window, then the best set on the test window."""
+    """Sweep `param_sets` on the train window, then the best set on the test window.
+
+    `reference`: every set through the tick loop without the block skip, a trades frame
+    and analyze_strategy (the path before the block skip and the frame-free metrics);
+    the tests compare both paths, which must agree to the bit."""
     out = PairOutcome(inp.token_1, inp.token_2, "ok")
     t_start = time.perf_counter()
     tf = default.tf
@@ -232,9 +239,16 @@ def run_pair(
     t_feat = 0.0
     for p in param_sets:
         ticks, blocks = train[p.z_key]
-        res = run_backtest_rows(ticks, signal_params(p, strategy), sizings[p.wind], strategy.force_close,
-                                token_1=inp.token_1, token_2=inp.token_2, blocks=blocks)
-        metrics = _metrics(res, inp.train_start, inp.valid_time, strategy.balance)
+        if reference:
+            bt = run_backtest(ticks, signal_params(p, strategy), sizings[p.wind], strategy.force_close,
+                              token_1=inp.token_1, token_2=inp.token_2)
+            metrics = analyze_strategy(bt.trades, inp.train_start, inp.valid_time, strategy.balance)
+            res = RawBacktest(bt.trades.select(TRADE_COLS).cast(pl.Float64).to_numpy() if bt.trades.height
+                              else np.empty((0, len(TRADE_COLS))), bt.skips, bt.liquidations, bt.final_balance)
+        else:
+            res = run_backtest_rows(ticks, signal_params(p, strategy), sizings[p.wind], strategy.force_close,
+                                    token_1=inp.token_1, token_2=inp.token_2, blocks=blocks)
+            metrics = _metrics(res, inp.train_start, inp.valid_time, strategy.balance)
         summary = _summary(p, metrics)
         summary["skipped_entries"] = res.skipped_entries
         summary["skips"] = res.skips
@@ -258,9 +272,13 @@ def run_pair(
     out.timings["features_s"] = t_feat
 
     ticks, blocks = train[default.z_key]
-    ind = run_backtest_rows(ticks, signal_params(default, strategy), sizings[default.wind], strategy.force_close,
-                            blocks=blocks)
-    ind_m = _metrics(ind, inp.train_start, inp.valid_time, strategy.balance)
+    if reference:
+        ind_full = run_backtest(ticks, signal_params(default, strategy), sizings[default.wind], strategy.force_close)
+        ind_m = analyze_strategy(ind_full.trades, inp.train_start, inp.valid_time, strategy.balance)
+    else:
+        ind = run_backtest_rows(ticks, signal_params(default, strategy), sizings[default.wind],
+                                strategy.force_close, blocks=blocks)
+        ind_m = _metrics(ind, inp.train_start, inp.valid_time, strategy.balance)
     stats.update(pr_ind=ind_m["pr"], pr_rat_ind=ind_m["pr_rat"])
     if out.summaries:
         stats["avg_pr_all"] = float(np.mean([r["pr"] for r in out.summaries]))

@@ -29,7 +29,7 @@ from bot.research.pair_inputs import (
     quotes_array,
     quotes_frame,
 )
-from bot.research.pair_job import PairInput
+from bot.research.pair_job import PairInput, PairOutcome
 from bot.research.params import default_params
 
 T0 = dt.datetime(2025, 3, 1, tzinfo=dt.UTC)
@@ -37,25 +37,51 @@ CFG = load(example_path())
 
 
 def reference(t1: str, t2: str, lo: dt.datetime, valid: dt.datetime, hi: dt.datetime, bars: pl.DataFrame,
-              q1: np.ndarray, q2: np.ndarray, metas=(None, None)) -> PairInput:
+              q1: np.ndarray, q2: np.ndarray, metas=(None, None), cfg=CFG, max_wind: int = 96,
+              history: dt.timedelta | None = None) -> PairInput:
     """The pre-issue-16 conversion: pair_frames' tick_df / agg -> PairInput."""
-    s = CFG.strategy
+    s = cfg.strategy
     quotes = pl.concat([quotes_frame(f"{t1}USDT", q1), quotes_frame(f"{t2}USDT", q2)])
-    tick_df, agg = pair_frames(t1, t2, lo, hi, s.tf, 96, CFG.data.reference_symbols, bars, quotes,
-                               half_spread=s.half_spread_bp * 1e-4, quiet=True)
+    tick_df, agg = pair_frames(t1, t2, lo, hi, s.tf, max_wind, cfg.data.reference_symbols, bars, quotes,
+                               half_spread=s.half_spread_bp * 1e-4, history=history, quiet=True)
     if agg.height == 0 or tick_df.height == 0:
-        raise SkipPair("no data")
+        raise SkipPair(f"no data for {t1}/{t2} in the window (unknown token or no history)")
     is_quote = tick_df[f"{t1}_bid_size"].is_not_null().to_numpy()
     bars_only = not bool(is_quote.any())
+    m1, m2 = metas
     steps = [m["qty_step"] if m else assumed_qty_step(float(agg[t][0])) for m, t in zip(metas, (t1, t2), strict=True)]
-    refs = {r.lower(): agg[r].cast(pl.Float64).to_numpy() for r in CFG.data.reference_symbols if r in agg.columns}
+    refs = {r.lower(): agg[r].cast(pl.Float64).to_numpy() for r in cfg.data.reference_symbols if r in agg.columns}
     return PairInput(
         t1, t2, tick_df["ts"].cast(pl.Float64).to_numpy(), tick_df[f"{t1}_bid_price"].to_numpy(),
         tick_df[f"{t1}_ask_price"].to_numpy(), tick_df[f"{t2}_bid_price"].to_numpy(),
         tick_df[f"{t2}_ask_price"].to_numpy(), agg["ts"].cast(pl.Float64).to_numpy(),
         agg[t1].cast(pl.Float64).to_numpy(), agg[t2].cast(pl.Float64).to_numpy(), lo.timestamp(),
-        valid.timestamp(), hi.timestamp(), steps[0], steps[1], None, None, 0.0, 0.0, bars_only, refs,
+        valid.timestamp(), hi.timestamp(), steps[0], steps[1], m1["min_qty"] if m1 else None,
+        m2["min_qty"] if m2 else None, (m1["min_notional"] or 0.0) if m1 else 0.0,
+        (m2["min_notional"] or 0.0) if m2 else 0.0, bars_only, refs,
         None if bars_only or bool(is_quote.all()) else is_quote)
+
+
+def reference_executor(tasks, progress=None):
+    """Today's path before issue 16, in this process: each pair's input from pair_frames,
+    every parameter set through the tick loop, a trades frame and analyze_strategy."""
+    from bot.research.pair_job import run_pair
+
+    out = []
+    for t1, t2, task in tasks:
+        legs = [np.load(q) if isinstance(q, str) else q for q in task.quotes]
+        lo, valid, hi = task.window
+        try:
+            inp = reference(t1, t2, lo, valid, hi, task.bars, legs[0], legs[1], task.metas, task.cfg,
+                            task.max_wind, task.history)
+        except SkipPair as why:
+            o = PairOutcome(t1, t2, "skipped", str(why))
+        else:
+            o = run_pair(inp, task.param_sets, task.default, task.cfg.strategy, task.with_features, reference=True)
+        out.append(o)
+        if progress is not None:
+            progress(o)
+    return out
 
 
 def assert_same(a: PairInput, b: PairInput) -> None:

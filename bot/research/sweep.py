@@ -225,6 +225,8 @@ async def run_sweep(
                                  "themselves and need the database's DSN (pass a Database, not a pool)")
             sources = {sym: TokenRef(sym, lo.timestamp(), hi.timestamp(), dsn) for sym in pair_symbols}
         else:
+            if cfg.compute.cache_dir:
+                Path(cfg.compute.cache_dir).mkdir(parents=True, exist_ok=True)
             cache_dir = Path(tempfile.mkdtemp(prefix="bot-quotes-", dir=cfg.compute.cache_dir))
             n_quotes = [0]
 

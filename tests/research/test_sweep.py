@@ -153,3 +153,33 @@ async def test_stats_command(db: Database, pairs, tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert "3 ok, 0 skipped, 0 failed" in res.stdout
     assert pl.read_parquet(out).height == 3
+
+
+async def test_each_symbol_is_read_once_and_the_cache_is_removed(db: Database, cfg, pairs, tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    from bot.research import pair_inputs
+
+    reads: list[str] = []
+    real = pair_inputs._read_one
+
+    async def counted(db_, symbol, start, end):
+        reads.append(symbol)
+        return await real(db_, symbol, start, end)
+
+    monkeypatch.setattr(pair_inputs, "_read_one", counted)
+    cache = tmp_path / "cache"
+    ccfg = cfg.model_copy(update={"compute": cfg.compute.model_copy(update={"cache_dir": str(cache)})})
+    g = [p[0] for p in pairs[:2]] + [p[1] for p in pairs[:2]]
+    many = [(a, b) for i, a in enumerate(g) for b in g[i + 1:]]  # 4 symbols, 6 pairs: each symbol in 3
+    rep = await _sweep(db, ccfg, many, tmp_path, with_features=False, workers=2)
+    assert rep.counts()["ok"] == 6
+    assert sorted(reads) == sorted(f"{t}USDT" for t in g)  # once each, not once per pair
+    assert cache.exists() and list(cache.iterdir()) == []  # the job's cache is gone
+
+    def boom(tasks, progress=None):
+        assert all(Path(t[2].quotes[0]).exists() for t in tasks)  # the workers would find the files
+        raise RuntimeError("executor died")
+
+    with pytest.raises(RuntimeError, match="executor died"):
+        await _sweep(db, ccfg, many, tmp_path, with_features=False, executor=boom)
+    assert list(cache.iterdir()) == []  # removed on failure too

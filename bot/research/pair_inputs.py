@@ -82,26 +82,33 @@ def quotes_frame(symbol: str, arr: np.ndarray) -> pl.DataFrame:
 
 
 async def _read_one(db: Any, symbol: str, start: dt.datetime, end: dt.datetime) -> np.ndarray:
-    from bot.core.db.market import read_quotes
+    from bot.core.db.market import read_quote_array
 
-    return quotes_array(await read_quotes(db, [symbol], start, end))
+    return await read_quote_array(db, symbol, start, end)
 
 
 async def fill_cache(db: Any, symbols: Sequence[str], start: dt.datetime, end: dt.datetime, directory: Path,
-                     progress: Callable[[str, int], None] | None = None) -> dict[str, str]:
+                     progress: Callable[[str, int], None] | None = None, parallel: int = 2) -> dict[str, str]:
     """Read each symbol's quotes of [start, end) once into ``directory/<symbol>.npy``; the
-    paths by symbol. One symbol in memory at a time (the file is written, then freed)."""
+    paths by symbol. `parallel` symbols are read at a time (each on its own connection,
+    written, then freed), so at most that many are in memory."""
     directory.mkdir(parents=True, exist_ok=True)
     paths: dict[str, str] = {}
-    for sym in symbols:
-        arr = await _read_one(db, sym, start, end)
-        path = directory / f"{sym}.npy"
-        np.save(path, arr, allow_pickle=False)
-        paths[sym] = str(path)
-        if progress is not None:
-            progress(sym, int(arr.shape[0]))
-        del arr
-    return paths
+    todo = list(symbols)
+
+    async def reader() -> None:
+        while todo:
+            sym = todo.pop(0)
+            arr = await _read_one(db, sym, start, end)
+            path = directory / f"{sym}.npy"
+            np.save(path, arr, allow_pickle=False)
+            paths[sym] = str(path)
+            if progress is not None:
+                progress(sym, int(arr.shape[0]))
+            del arr
+
+    await asyncio.gather(*(reader() for _ in range(max(1, min(parallel, len(todo))))))
+    return {sym: paths[sym] for sym in symbols}
 
 
 def load_token(ref: TokenRef) -> np.ndarray:

@@ -395,28 +395,40 @@ def parse_pgcopy_fixed(data: bytes, row: np.dtype) -> np.ndarray:
     return np.frombuffer(body, dtype=row)
 
 
-async def read_quotes(db: Any, symbols: Sequence[str], start: Any, end: Any) -> pl.DataFrame:
-    """Quotes of `symbols` with start <= ts < end: symbol, ts (float epoch s), prices, sizes.
+async def read_quote_array(db: Any, symbol: str, start: Any, end: Any) -> np.ndarray:
+    """One symbol's quotes with start <= ts < end as an (n, 5) float64 array, ts-ascending:
+    columns ts (epoch s), bid_price, ask_price, bid_size, ask_size (QUOTE_COLS[1:]).
 
-    Read per symbol through binary COPY and decoded with numpy (no per-row Python).
+    Read through binary COPY and decoded with numpy (no per-row Python, no frame).
     """
     pool = _pool_of(db)
     lo, hi = to_utc(start), to_utc(end)
+    buf = io.BytesIO()
+    async with pool.acquire() as conn:
+        # no ORDER BY: partitions come back in time order per day; numpy sorts the rest
+        await conn.copy_from_query(
+            "SELECT ts, bid_price, ask_price, bid_size, ask_size"
+            " FROM quotes WHERE symbol = $1 AND ts >= $2 AND ts < $3",
+            symbol, lo, hi, output=buf, format="binary",
+        )
+    rows = parse_pgcopy_fixed(buf.getvalue(), _QUOTE_ROW)
+    del buf
+    order = np.argsort(rows["ts"], kind="stable")
+    out = np.empty((rows.shape[0], 5))
+    # timestamptz on the wire: microseconds since 2000-01-01 UTC
+    out[:, 0] = (rows["ts"][order].astype(np.int64) + _PG_EPOCH_US) / 1e6
+    for k, c in enumerate(("bid_price", "ask_price", "bid_size", "ask_size"), start=1):
+        out[:, k] = rows[c][order]
+    return out
+
+
+async def read_quotes(db: Any, symbols: Sequence[str], start: Any, end: Any) -> pl.DataFrame:
+    """Quotes of `symbols` with start <= ts < end: symbol, ts (float epoch s), prices, sizes
+    (read_quote_array per symbol, concurrently)."""
 
     async def one(sym: str) -> pl.DataFrame:
-        buf = io.BytesIO()
-        async with pool.acquire() as conn:
-            # no ORDER BY: partitions come back in time order per day; numpy sorts the rest
-            await conn.copy_from_query(
-                "SELECT ts, bid_price, ask_price, bid_size, ask_size"
-                " FROM quotes WHERE symbol = $1 AND ts >= $2 AND ts < $3",
-                sym, lo, hi, output=buf, format="binary",
-            )
-        rows = parse_pgcopy_fixed(buf.getvalue(), _QUOTE_ROW)
-        order = np.argsort(rows["ts"], kind="stable")
-        # timestamptz on the wire: microseconds since 2000-01-01 UTC
-        cols = {"ts": (rows["ts"][order].astype(np.int64) + _PG_EPOCH_US) / 1e6}
-        cols.update({c: rows[c][order].astype(np.float64) for c in ("bid_price", "ask_price", "bid_size", "ask_size")})
+        arr = await read_quote_array(db, sym, start, end)
+        cols = {c: arr[:, k] for k, c in enumerate(QUOTE_COLS[1:])}
         return pl.DataFrame(cols).with_columns(pl.lit(sym, dtype=pl.Utf8).alias("symbol"))
 
     frames = list(await asyncio.gather(*(one(s) for s in symbols)))

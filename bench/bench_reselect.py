@@ -236,6 +236,9 @@ def report(name: str, r: dict, ticks_per_pair: float) -> None:
     print(f"  wall {r['wall_s']:.1f} s; peak RSS {gb:.2f} GB over {r['peak_procs']} processes")
     split = ["load_s", "backtests_s", "scoring_s", "writes_s", "total_s"]
     print("  split (wall): " + ", ".join(f"{k[:-2]} {t[k]:.1f} s" for k in split if k in t))
+    reads = [k for k in t if k.startswith("read_")]
+    if reads:
+        print("  of the load: " + ", ".join(f"{k[:-2]} {t[k]:.1f} s" for k in reads))
     cores = [k for k in t if k.endswith("_core_s")]
     if cores:
         print("  in the workers (core-s): " + ", ".join(f"{k[:-7]} {t[k]:.1f}" for k in cores))

@@ -4,12 +4,12 @@ A research or re-selection job over hundreds of pairs must not hold every pair's
 ticks at once (431 pairs x 60 days of 5 s quotes would be ~17 GB). Each token's
 quotes are still read from Postgres once per job, not once per pair:
 
-- Local workers: the parent reads the window's quotes one symbol at a time (binary
-  COPY) into a disk cache, one ``.npy`` file per symbol (float64 columns ts, bid,
-  ask, bid size, ask size: 40 bytes a quote, ~42 MB for 60 days of 5 s quotes),
-  then frees them. A worker maps its pair's two files (``np.load(mmap_mode="r")``)
-  and builds the pair's window itself (:func:`bot.core.db.market.pair_frames`, the
-  code ``load_pair_data`` runs). The parent holds one symbol's quotes at a time, a
+- Local workers: the parent reads the window's quotes in one pass over the day
+  partitions (binary COPY, one day in memory) into a disk cache, one raw file per
+  symbol (float64 columns ts, bid, ask: 24 bytes a quote, ~25 MB for 60 days of 5 s
+  quotes). A worker maps its pair's two files (:func:`cache_array`)
+  and builds the pair's window itself (:func:`pair_input`: the window of
+  :func:`bot.core.db.market.pair_frames`, the notebook's ``load_pair_data``). The parent holds one day of quotes at a time, a
   worker one pair's window; the cache costs disk (``compute.cache_dir``, default
   the system temp directory: put it on a disk, not a tmpfs) and is removed when the
   job ends, failed or not.
@@ -46,6 +46,7 @@ from bot.research.params import ParamSet
 log = logging.getLogger(__name__)
 
 QUOTE_COLUMNS = ("ts", "bid_price", "ask_price", "bid_size", "ask_size")
+CACHE_COLUMNS = QUOTE_COLUMNS[:3]  # what a backtest reads: the cache keeps no sizes
 
 
 class SkipPair(Exception):
@@ -88,27 +89,38 @@ async def _read_one(db: Any, symbol: str, start: dt.datetime, end: dt.datetime) 
 
 
 async def fill_cache(db: Any, symbols: Sequence[str], start: dt.datetime, end: dt.datetime, directory: Path,
-                     progress: Callable[[str, int], None] | None = None, parallel: int = 2) -> dict[str, str]:
-    """Read each symbol's quotes of [start, end) once into ``directory/<symbol>.npy``; the
-    paths by symbol. `parallel` symbols are read at a time (each on its own connection,
-    written, then freed), so at most that many are in memory."""
+                     progress: Callable[[str, int], None] | None = None) -> dict[str, str]:
+    """Read the quotes of `symbols` in [start, end) once into ``directory/<symbol>.f64`` (raw
+    float64 rows of CACHE_COLUMNS, ts-ascending; :func:`cache_array` maps one); the paths by
+    symbol. One sequential pass over the day partitions (market.scan_quotes_by_day): one
+    day of quotes in memory at a time."""
+    from bot.core.db.market import scan_quotes_by_day
+
     directory.mkdir(parents=True, exist_ok=True)
-    paths: dict[str, str] = {}
-    todo = list(symbols)
+    names = list(symbols)
+    paths = {sym: str(directory / f"{sym}.f64") for sym in names}
+    counts = dict.fromkeys(names, 0)
+    files = {sym: open(paths[sym], "wb") for sym in names}  # noqa: SIM115 (closed below)
+    try:
+        def append(k: int, rows: np.ndarray) -> None:
+            files[names[k]].write(np.ascontiguousarray(rows, dtype="<f8").tobytes())
+            counts[names[k]] += int(rows.shape[0])
 
-    async def reader() -> None:
-        while todo:
-            sym = todo.pop(0)
-            arr = await _read_one(db, sym, start, end)
-            path = directory / f"{sym}.npy"
-            np.save(path, arr, allow_pickle=False)
-            paths[sym] = str(path)
-            if progress is not None:
-                progress(sym, int(arr.shape[0]))
-            del arr
+        await scan_quotes_by_day(db, names, start, end, append)
+    finally:
+        for f in files.values():
+            f.close()
+    if progress is not None:
+        for sym in names:
+            progress(sym, counts[sym])
+    return paths
 
-    await asyncio.gather(*(reader() for _ in range(max(1, min(parallel, len(todo))))))
-    return {sym: paths[sym] for sym in symbols}
+
+def cache_array(path: str) -> np.ndarray:
+    """A cached symbol's quotes, mapped read-only: an (n, 3) float64 array (CACHE_COLUMNS)."""
+    if Path(path).stat().st_size == 0:
+        return np.empty((0, len(CACHE_COLUMNS)))
+    return np.memmap(path, dtype="<f8", mode="r").reshape(-1, len(CACHE_COLUMNS))
 
 
 def load_token(ref: TokenRef) -> np.ndarray:
@@ -130,7 +142,7 @@ def _resolve(source: QuoteSource | None) -> np.ndarray:
     if isinstance(source, np.ndarray):
         return source
     if isinstance(source, str):
-        return np.load(source, mmap_mode="r", allow_pickle=False)
+        return np.load(source, mmap_mode="r", allow_pickle=False) if source.endswith(".npy") else cache_array(source)
     raise TypeError(f"quotes not resolved: {source!r} (a TokenRef is loaded by the Dask executor)")
 
 
@@ -329,8 +341,8 @@ class PairTask:
 
 
 def cache_bytes(n_quotes: int) -> int:
-    """Disk the cache takes for `n_quotes` quotes (.npy header aside)."""
-    return n_quotes * 8 * len(QUOTE_COLUMNS)
+    """Disk the cache takes for `n_quotes` quotes."""
+    return n_quotes * 8 * len(CACHE_COLUMNS)
 
 
 def human_bytes(n: float) -> str:

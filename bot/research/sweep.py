@@ -204,7 +204,9 @@ async def run_sweep(
         history = FEATURE_HISTORY if with_features else None
         warm = max(dt.timedelta(seconds=tf_seconds(cfg.strategy.tf) * max_wind), history or dt.timedelta(0))
         lo, valid, hi = to_utc(train_start), to_utc(valid_time), to_utc(end_time)
+        t_read = time.perf_counter()
         bars_long = await read_bars(db, [symbol_of(t) for t in tokens], cfg.strategy.tf, lo - warm, hi)
+        timings = {"read_bars_s": time.perf_counter() - t_read}
         by_symbol = bars_long.partition_by("symbol", as_dict=True) if bars_long.height else {}
         ready: list[tuple[str, str, tuple[dict[str, Any] | None, dict[str, Any] | None]]] = []
         skipped: list[PairOutcome] = []
@@ -233,7 +235,9 @@ async def run_sweep(
             def filled(sym: str, n: int) -> None:
                 n_quotes[0] += n
 
+            t_read = time.perf_counter()
             sources = await fill_cache(db, pair_symbols, lo, hi, cache_dir, filled)
+            timings["read_quotes_s"] = time.perf_counter() - t_read
             log.info("%s: %d quotes of %d symbols read once into %s (%s on disk)", progress_desc, n_quotes[0],
                      len(pair_symbols), cache_dir, human_bytes(cache_bytes(n_quotes[0])))
         tasks: list[Task] = []
@@ -272,7 +276,7 @@ async def run_sweep(
                 logged += jl.append(o.trade_records)
         await repo.write_outcomes(pool, run_id, outcomes)
         report = SweepReport(run_id, outcomes, logged, time.perf_counter() - t0,
-                             {"load_s": t_load, **worker_seconds(outcomes)})
+                             {"load_s": t_load, **timings, **worker_seconds(outcomes)})
         if parquet_path is not None:
             Path(parquet_path).parent.mkdir(parents=True, exist_ok=True)
             report.stats.write_parquet(parquet_path)

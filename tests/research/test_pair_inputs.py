@@ -24,6 +24,7 @@ from bot.core.exchange.rounding import assumed_qty_step
 from bot.research.pair_inputs import (
     PairTask,
     SkipPair,
+    cache_array,
     common_times,
     pair_input,
     quotes_array,
@@ -41,6 +42,8 @@ def reference(t1: str, t2: str, lo: dt.datetime, valid: dt.datetime, hi: dt.date
               history: dt.timedelta | None = None) -> PairInput:
     """The pre-issue-16 conversion: pair_frames' tick_df / agg -> PairInput."""
     s = cfg.strategy
+    # a cache file keeps ts, bid, ask only: sizes (never read by a backtest) set to 0
+    q1, q2 = (q if q.shape[1] == 5 else np.column_stack([q, np.zeros((q.shape[0], 2))]) for q in (q1, q2))
     quotes = pl.concat([quotes_frame(f"{t1}USDT", q1), quotes_frame(f"{t2}USDT", q2)])
     tick_df, agg = pair_frames(t1, t2, lo, hi, s.tf, max_wind, cfg.data.reference_symbols, bars, quotes,
                                half_spread=s.half_spread_bp * 1e-4, history=history, quiet=True)
@@ -69,7 +72,7 @@ def reference_executor(tasks, progress=None):
 
     out = []
     for t1, t2, task in tasks:
-        legs = [np.load(q) if isinstance(q, str) else q for q in task.quotes]
+        legs = [cache_array(q) if isinstance(q, str) else q for q in task.quotes]
         lo, valid, hi = task.window
         try:
             inp = reference(t1, t2, lo, valid, hi, task.bars, legs[0], legs[1], task.metas, task.cfg,

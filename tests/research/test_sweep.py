@@ -157,23 +157,23 @@ async def test_stats_command(db: Database, pairs, tmp_path: Path) -> None:
 
 async def test_each_symbol_is_read_once_and_the_cache_is_removed(db: Database, cfg, pairs, tmp_path: Path,
                                                                   monkeypatch) -> None:
-    from bot.research import pair_inputs
+    from bot.core.db import market as mk
 
-    reads: list[str] = []
-    real = pair_inputs._read_one
+    scans: list[list[str]] = []
+    real = mk.scan_quotes_by_day
 
-    async def counted(db_, symbol, start, end):
-        reads.append(symbol)
-        return await real(db_, symbol, start, end)
+    async def counted(db_, symbols, start, end, on_symbol):
+        scans.append(list(symbols))
+        return await real(db_, symbols, start, end, on_symbol)
 
-    monkeypatch.setattr(pair_inputs, "_read_one", counted)
+    monkeypatch.setattr(mk, "scan_quotes_by_day", counted)
     cache = tmp_path / "cache"
     ccfg = cfg.model_copy(update={"compute": cfg.compute.model_copy(update={"cache_dir": str(cache)})})
     g = [p[0] for p in pairs[:2]] + [p[1] for p in pairs[:2]]
     many = [(a, b) for i, a in enumerate(g) for b in g[i + 1:]]  # 4 symbols, 6 pairs: each symbol in 3
     rep = await _sweep(db, ccfg, many, tmp_path, with_features=False, workers=2)
     assert rep.counts()["ok"] == 6
-    assert sorted(reads) == sorted(f"{t}USDT" for t in g)  # once each, not once per pair
+    assert len(scans) == 1 and sorted(scans[0]) == sorted(f"{t}USDT" for t in g)  # one pass, each symbol once
     assert cache.exists() and list(cache.iterdir()) == []  # the job's cache is gone
 
     def boom(tasks, progress=None):
@@ -183,3 +183,20 @@ async def test_each_symbol_is_read_once_and_the_cache_is_removed(db: Database, c
     with pytest.raises(RuntimeError, match="executor died"):
         await _sweep(db, ccfg, many, tmp_path, with_features=False, executor=boom)
     assert list(cache.iterdir()) == []  # removed on failure too
+
+
+async def test_the_cache_holds_what_a_symbol_read_returns(db: Database, pairs, tmp_path: Path) -> None:
+    import numpy as np
+
+    from bot.core.db.market import read_quote_array
+    from bot.research.pair_inputs import cache_array, fill_cache
+
+    syms = ["NOPEUSDT"] + sorted({f"{t}USDT" for p in pairs for t in p})  # one without any quote
+    lo, hi = TRAIN + dt.timedelta(hours=5, minutes=7), END - dt.timedelta(hours=3)  # days cut mid-way
+    paths = await fill_cache(db, syms, lo, hi, tmp_path / "c")
+    for sym in syms:
+        direct = await read_quote_array(db, sym, lo, hi)
+        cached = cache_array(paths[sym])
+        assert cached.shape == direct[:, :3].shape and np.array_equal(cached, direct[:, :3]), sym
+    assert cache_array(paths["NOPEUSDT"]).shape == (0, 3)
+    assert cache_array(paths[syms[1]]).shape[0] > 1000

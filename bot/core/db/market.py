@@ -16,7 +16,7 @@ import datetime as dt
 import io
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import asyncpg
@@ -395,6 +395,21 @@ def parse_pgcopy_fixed(data: bytes, row: np.dtype) -> np.ndarray:
     return np.frombuffer(body, dtype=row)
 
 
+class _Chunks:
+    """A COPY's output collected in memory: asyncpg awaits a coroutine output directly,
+    while a file-like output costs a thread-pool hop per chunk (measured: most of the
+    client time of a 2 GB read)."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    async def add(self, data: bytes) -> None:
+        self.parts.append(bytes(data))
+
+    def getvalue(self) -> bytes:
+        return b"".join(self.parts)
+
+
 async def read_quote_array(db: Any, symbol: str, start: Any, end: Any) -> np.ndarray:
     """One symbol's quotes with start <= ts < end as an (n, 5) float64 array, ts-ascending:
     columns ts (epoch s), bid_price, ask_price, bid_size, ask_size (QUOTE_COLS[1:]).
@@ -403,13 +418,13 @@ async def read_quote_array(db: Any, symbol: str, start: Any, end: Any) -> np.nda
     """
     pool = _pool_of(db)
     lo, hi = to_utc(start), to_utc(end)
-    buf = io.BytesIO()
+    buf = _Chunks()
     async with pool.acquire() as conn:
         # no ORDER BY: partitions come back in time order per day; numpy sorts the rest
         await conn.copy_from_query(
             "SELECT ts, bid_price, ask_price, bid_size, ask_size"
             " FROM quotes WHERE symbol = $1 AND ts >= $2 AND ts < $3",
-            symbol, lo, hi, output=buf, format="binary",
+            symbol, lo, hi, output=buf.add, format="binary",
         )
     rows = parse_pgcopy_fixed(buf.getvalue(), _QUOTE_ROW)
     del buf
@@ -420,6 +435,62 @@ async def read_quote_array(db: Any, symbol: str, start: Any, end: Any) -> np.nda
     for k, c in enumerate(("bid_price", "ask_price", "bid_size", "ask_size"), start=1):
         out[:, k] = rows[c][order]
     return out
+
+
+_KEYED_QUOTE_ROW = np.dtype([
+    ("nf", ">i2"), ("lk", ">i4"), ("k", ">i4"), ("l0", ">i4"), ("ts", ">i8"), ("l1", ">i4"), ("bid_price", ">f8"),
+    ("l2", ">i4"), ("ask_price", ">f8"),
+])
+
+
+async def scan_quotes_by_day(db: Any, symbols: Sequence[str], start: Any, end: Any,
+                             on_symbol: Callable[[int, np.ndarray], None]) -> int:
+    """Every quote of `symbols` with start <= ts < end, read day partition by day partition
+    in one pass: for each UTC day, ``on_symbol(k, rows)`` per symbol k (its index in
+    `symbols`) that has quotes that day, rows an (n, 3) float64 array of ts (epoch s),
+    bid_price, ask_price (the first columns of :func:`read_quote_array`; the sizes, which a
+    backtest does not read, stay behind: a third less to transfer), ts-ascending, days in
+    time order. Returns the row count.
+
+    Reading symbol by symbol fetches each heap page once per symbol (the recorder writes
+    all symbols interleaved in time order), so for many symbols this single sequential
+    pass is several times faster; memory is one day of quotes.
+    """
+    pool = _pool_of(db)
+    lo, hi = to_utc(start), to_utc(end)
+    names = list(symbols)
+    day = dt.datetime.combine(lo.date(), dt.time(), tzinfo=dt.UTC)
+    total = 0
+    while day < hi:
+        a, b = max(lo, day), min(hi, day + dt.timedelta(days=1))
+        buf = _Chunks()
+        async with pool.acquire() as conn, conn.transaction():
+            # a sequential scan of the day whatever the statistics say (a freshly imported
+            # partition has none, and the planner then walks the index symbol by symbol)
+            await conn.execute("SET LOCAL enable_indexscan = off; SET LOCAL enable_bitmapscan = off")
+            await conn.copy_from_query(
+                "SELECT s.k::int4, q.ts, q.bid_price, q.ask_price FROM quotes q"
+                " JOIN unnest($1::text[]) WITH ORDINALITY AS s(symbol, k) ON q.symbol = s.symbol"
+                " WHERE q.ts >= $2 AND q.ts < $3",
+                names, a, b, output=buf.add, format="binary",
+            )
+        rows = parse_pgcopy_fixed(buf.getvalue(), _KEYED_QUOTE_ROW)
+        del buf
+        if rows.shape[0]:
+            keys = rows["k"].astype(np.int64) - 1
+            order = np.lexsort((rows["ts"], keys))
+            keys = keys[order]
+            cuts = np.flatnonzero(np.diff(keys)) + 1
+            for lo_i, hi_i in zip(np.r_[0, cuts], np.r_[cuts, keys.size], strict=True):
+                idx = order[lo_i:hi_i]
+                out = np.empty((idx.size, 3))
+                out[:, 0] = (rows["ts"][idx].astype(np.int64) + _PG_EPOCH_US) / 1e6
+                out[:, 1] = rows["bid_price"][idx]
+                out[:, 2] = rows["ask_price"][idx]
+                on_symbol(int(keys[lo_i]), out)
+            total += int(rows.shape[0])
+        day += dt.timedelta(days=1)
+    return total
 
 
 async def read_quotes(db: Any, symbols: Sequence[str], start: Any, end: Any) -> pl.DataFrame:

@@ -239,6 +239,8 @@ def report(name: str, r: dict, ticks_per_pair: float) -> None:
     reads = [k for k in t if k.startswith("read_")]
     if reads:
         print("  of the load: " + ", ".join(f"{k[:-2]} {t[k]:.1f} s" for k in reads))
+    if "write_results_s" in t:
+        print(f"  of the backtests phase: writing the statistics and sweep rows {t['write_results_s']:.1f} s")
     cores = [k for k in t if k.endswith("_core_s")]
     if cores:
         print("  in the workers (core-s): " + ", ".join(f"{k[:-7]} {t[k]:.1f}" for k in cores))

@@ -274,7 +274,9 @@ async def run_sweep(
             jl = JsonlLog(trades_log)
             for o in outcomes:
                 logged += jl.append(o.trade_records)
+        t_write = time.perf_counter()
         await repo.write_outcomes(pool, run_id, outcomes)
+        timings["write_results_s"] = time.perf_counter() - t_write
         report = SweepReport(run_id, outcomes, logged, time.perf_counter() - t0,
                              {"load_s": t_load, **timings, **worker_seconds(outcomes)})
         if parquet_path is not None:

@@ -256,7 +256,7 @@ async def _evaluate(db: Any, conn: Any, cfg: BotConfig, run_id: int, now: dt.dat
     report = ReselectReport("dry-run" if dry_run else "ok", run_id, decisions, pair_rows, model_desc,
                             timings={"load_s": t_load, "backtests_s": t_bt - t_load, "features_s": 0.0,
                                      "scoring_s": t_score,
-                                     **{k: v for k, v in rep.timings.items() if k.startswith("read_")
+                                     **{k: v for k, v in rep.timings.items() if k.startswith(("read_", "write_"))
                                         or k.endswith("_core_s")}})
     by_pair = {(str(r["coin1"]), str(r["coin2"])): r for r in rows}
     return report, by_pair, details

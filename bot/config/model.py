@@ -260,8 +260,8 @@ class DataConfig(_Section):
 class ComputeConfig(_Section):
     workers: int | None = Field(None, ge=1)
     dask_scheduler: str | None = None
-    cache_dir: str | None = Field(None, description="where a job caches each symbol's quotes (.npy, on disk; "
-                                  "null: the system temp directory)")
+    cache_dir: str | None = Field(None, description="where a job caches each symbol's quotes (raw float64 files, "
+                                  "24 bytes a quote, removed after the job; null: the system temp directory)")
 
 
 class PathsConfig(_Section):

@@ -166,6 +166,7 @@ def run_dask(tasks: Sequence[Task], address: str, progress: Progress | None = No
                 deps.append(loaders[ref])
             futures.append(client.submit(call, fn, t1, t2, *deps, retries=1, pure=False))
         loaders.clear()
+        del deps  # no handle left here: the cluster frees a symbol after its last pair
         index = {f.key: k for k, f in enumerate(futures)}
         results: dict[int, PairOutcome] = {}
         for fut in as_completed(futures):

@@ -100,20 +100,46 @@ async def fill_cache(db: Any, symbols: Sequence[str], start: dt.datetime, end: d
     names = list(symbols)
     paths = {sym: str(directory / f"{sym}.f64") for sym in names}
     counts = dict.fromkeys(names, 0)
-    files = {sym: open(paths[sym], "wb") for sym in names}  # noqa: SIM115 (closed below)
-    try:
-        def append(k: int, rows: np.ndarray) -> None:
-            files[names[k]].write(np.ascontiguousarray(rows, dtype="<f8").tobytes())
-            counts[names[k]] += int(rows.shape[0])
+    for path in paths.values():
+        Path(path).write_bytes(b"")  # a symbol without quotes is an empty file
 
-        await scan_quotes_by_day(db, names, start, end, append)
-    finally:
-        for f in files.values():
-            f.close()
+    def append(k: int, rows: np.ndarray) -> None:  # opened per day: no limit on open files
+        with open(paths[names[k]], "ab") as f:
+            f.write(np.ascontiguousarray(rows, dtype="<f8").tobytes())
+        counts[names[k]] += int(rows.shape[0])
+
+    await scan_quotes_by_day(db, names, start, end, append)
     if progress is not None:
         for sym in names:
             progress(sym, counts[sym])
     return paths
+
+
+CACHE_PREFIX = "bot-quotes-"
+
+
+def new_cache_dir(parent: str | None) -> Path:
+    """A fresh cache directory for this job (under `parent`, default the temp directory),
+    after removing those left by jobs whose process is gone (killed before its cleanup):
+    each directory names its owner's pid in ``owner.pid``."""
+    import os
+    import shutil
+    import tempfile
+
+    root = Path(parent or tempfile.gettempdir())
+    root.mkdir(parents=True, exist_ok=True)
+    for old in root.glob(f"{CACHE_PREFIX}*"):
+        try:
+            pid = int((old / "owner.pid").read_text())
+            os.kill(pid, 0)  # alive (or not ours to signal): leave it
+        except ProcessLookupError:
+            shutil.rmtree(old, ignore_errors=True)
+            log.info("removed %s, left by a job that died (pid %d)", old, pid)
+        except (OSError, ValueError):
+            continue  # no marker yet, unreadable, or another user's process
+    path = Path(tempfile.mkdtemp(prefix=CACHE_PREFIX, dir=root))
+    (path / "owner.pid").write_text(str(os.getpid()))
+    return path
 
 
 def cache_array(path: str) -> np.ndarray:
@@ -135,7 +161,8 @@ def load_token(ref: TokenRef) -> np.ndarray:
         finally:
             await pool.close()
 
-    return asyncio.run(go())
+    # ts, bid, ask only: what a pair reads, a third less to move between workers
+    return np.ascontiguousarray(asyncio.run(go())[:, : len(CACHE_COLUMNS)])
 
 
 def _resolve(source: QuoteSource | None) -> np.ndarray:

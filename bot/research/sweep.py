@@ -15,7 +15,6 @@ import math
 import re
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ from bot.research.pair_inputs import (
     cache_bytes,
     fill_cache,
     human_bytes,
+    new_cache_dir,
     pair_input,
     quotes_array,
 )
@@ -227,9 +227,7 @@ async def run_sweep(
                                  "themselves and need the database's DSN (pass a Database, not a pool)")
             sources = {sym: TokenRef(sym, lo.timestamp(), hi.timestamp(), dsn) for sym in pair_symbols}
         else:
-            if cfg.compute.cache_dir:
-                Path(cfg.compute.cache_dir).mkdir(parents=True, exist_ok=True)
-            cache_dir = Path(tempfile.mkdtemp(prefix="bot-quotes-", dir=cfg.compute.cache_dir))
+            cache_dir = new_cache_dir(cfg.compute.cache_dir)
             n_quotes = [0]
 
             def filled(sym: str, n: int) -> None:
@@ -257,7 +255,12 @@ async def run_sweep(
                            progress=progress) if executor is None else run(tasks, progress=progress)
         finally:
             progress.close()  # type: ignore[attr-defined]
-        outcomes = outcomes + skipped
+        # pairs that ran, then every skipped pair in the candidates' order (as when inputs were
+        # built in the parent): a window without data is found by the worker (ticks 0)
+        at = {pair: i for i, pair in enumerate(pairs)}
+        early = [o for o in outcomes if o.status == "skipped" and o.ticks == 0]
+        outcomes = [o for o in outcomes if not (o.status == "skipped" and o.ticks == 0)] + sorted(
+            skipped + early, key=lambda o: at.get((o.token_1, o.token_2), len(at)))
         bars_only = sum(o.bars_only for o in outcomes)
         partial = sum(o.partial_quotes for o in outcomes)
         if bars_only or partial:  # one line, not one per pair

@@ -81,6 +81,7 @@ def reference_executor(tasks, progress=None):
             o = PairOutcome(t1, t2, "skipped", str(why))
         else:
             o = run_pair(inp, task.param_sets, task.default, task.cfg.strategy, task.with_features, reference=True)
+            o.ticks = int(inp.tick_ts.shape[0])
         out.append(o)
         if progress is not None:
             progress(o)
@@ -196,3 +197,24 @@ def test_a_task_with_cache_files_runs_like_one_with_arrays(tmp_path) -> None:
     assert from_files.status == from_arrays.status == "ok"
     assert from_files.stats == from_arrays.stats and from_files.summaries == from_arrays.summaries
     assert from_files.ticks == from_arrays.ticks > 0
+
+
+def test_a_cache_left_by_a_killed_job_is_removed_by_the_next(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from bot.research.pair_inputs import new_cache_dir
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = tmp_path / "bot-quotes-killed"
+    left.mkdir()
+    (left / "owner.pid").write_text(str(dead.pid))
+    (left / "BTCUSDT.f64").write_bytes(b"\0" * 24)
+    running = tmp_path / "bot-quotes-running"
+    running.mkdir()
+    (running / "owner.pid").write_text(str(os.getpid()))  # a job still at work
+    fresh = new_cache_dir(str(tmp_path / "."))
+    assert not left.exists() and running.exists()
+    assert fresh.parent == tmp_path and (fresh / "owner.pid").read_text() == str(os.getpid())

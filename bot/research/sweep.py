@@ -131,6 +131,16 @@ def _progress(total: int, desc: str = "sweep") -> Any:
     return line
 
 
+def _local_only(address: str) -> bool:
+    """True when a DSN or a scheduler address can only be reached from this machine."""
+    from urllib.parse import urlsplit
+
+    if "://" not in address:
+        return "host=" not in address or any(h in address for h in ("host=localhost", "host=127.", "host=/"))
+    host = urlsplit(address).hostname or ""
+    return host in ("", "localhost", "::1") or host.startswith("127.")
+
+
 def worker_seconds(outcomes: list[PairOutcome]) -> dict[str, float]:
     """The pairs' own timings summed over all workers (core-seconds, not wall): building the
     inputs from the quotes, z-scores, backtests, features."""
@@ -225,6 +235,10 @@ async def run_sweep(
             if not dsn:
                 raise ValueError("compute.dask_scheduler: the Dask workers read the quotes from Postgres "
                                  "themselves and need the database's DSN (pass a Database, not a pool)")
+            if _local_only(dsn) and not _local_only(cfg.compute.dask_scheduler):
+                log.warning("%s: the Dask workers read the quotes through the database DSN, which names this "
+                            "machine (localhost or a socket): workers elsewhere will fail to connect (set "
+                            "database.dsn to an address they can reach)", progress_desc)
             sources = {sym: TokenRef(sym, lo.timestamp(), hi.timestamp(), dsn) for sym in pair_symbols}
         else:
             cache_dir = new_cache_dir(cfg.compute.cache_dir)

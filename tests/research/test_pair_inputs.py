@@ -218,3 +218,11 @@ def test_a_cache_left_by_a_killed_job_is_removed_by_the_next(tmp_path) -> None:
     fresh = new_cache_dir(str(tmp_path / "."))
     assert not left.exists() and running.exists()
     assert fresh.parent == tmp_path and (fresh / "owner.pid").read_text() == str(os.getpid())
+
+
+def test_a_dsn_only_this_machine_reaches_is_told_apart() -> None:
+    from bot.research.sweep import _local_only
+
+    assert _local_only("postgresql://postgres@127.0.0.1:5432/test") and _local_only("postgresql:///bot")
+    assert _local_only("host=/var/run/postgresql dbname=bot") and _local_only("tcp://localhost:8786")
+    assert not _local_only("postgresql://bot@db.internal:5432/bot") and not _local_only("tcp://10.0.0.5:8786")

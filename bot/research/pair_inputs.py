@@ -331,7 +331,7 @@ class PairTask:
     token_2: str
     symbols: tuple[str, str]
     quotes: tuple[QuoteSource, QuoteSource]
-    bars: pl.DataFrame
+    bars: pl.DataFrame | tuple[pl.DataFrame, ...]  # long bars, or per-symbol parts shared by many tasks
     window: tuple[dt.datetime, dt.datetime, dt.datetime]  # train_start, valid_time, end_time
     max_wind: int
     metas: tuple[dict[str, Any] | None, dict[str, Any] | None]
@@ -339,6 +339,12 @@ class PairTask:
     param_sets: list[ParamSet]
     default: ParamSet
     with_features: bool
+
+    @property
+    def bars_frame(self) -> pl.DataFrame:
+        """The task's long bars (its parts joined: a job's tasks share each symbol's frame
+        in the parent instead of holding a copy each)."""
+        return pl.concat(self.bars) if isinstance(self.bars, tuple) else self.bars
 
     @property
     def remote_inputs(self) -> tuple[TokenRef, ...]:
@@ -350,7 +356,7 @@ class PairTask:
         legs = [got.pop(0) if isinstance(q, TokenRef) else _resolve(q) for q in self.quotes]
         start, valid, end = self.window
         return pair_input(self.cfg, self.token_1, self.token_2, start, valid, end, self.max_wind, self.metas,
-                          self.bars, legs[0], legs[1], self.history)
+                          self.bars_frame, legs[0], legs[1], self.history)
 
     def __call__(self, *arrays: np.ndarray) -> PairOutcome:
         t0 = time.perf_counter()

@@ -255,8 +255,8 @@ async def run_sweep(
         tasks: list[Task] = []
         for t1, t2, metas in ready:
             wanted = {symbol_of(t) for t in (t1, t2, *cfg.data.reference_symbols)}
-            parts = [by_symbol[(sym,)] for sym in sorted(wanted) if (sym,) in by_symbol]
-            bars = pl.concat(parts) if parts else bars_long.clear()
+            parts = tuple(by_symbol[(sym,)] for sym in sorted(wanted) if (sym,) in by_symbol)
+            bars = parts or (bars_long.clear(),)
             syms = (symbol_of(t1), symbol_of(t2))
             tasks.append((t1, t2, PairTask(cfg, t1, t2, syms, (sources[syms[0]], sources[syms[1]]), bars,
                                            (lo, valid, hi), max_wind, metas, history, sets, default,

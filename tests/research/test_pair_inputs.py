@@ -75,7 +75,7 @@ def reference_executor(tasks, progress=None):
         legs = [cache_array(q) if isinstance(q, str) else q for q in task.quotes]
         lo, valid, hi = task.window
         try:
-            inp = reference(t1, t2, lo, valid, hi, task.bars, legs[0], legs[1], task.metas, task.cfg,
+            inp = reference(t1, t2, lo, valid, hi, task.bars_frame, legs[0], legs[1], task.metas, task.cfg,
                             task.max_wind, task.history)
         except SkipPair as why:
             o = PairOutcome(t1, t2, "skipped", str(why))

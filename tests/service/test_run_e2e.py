@@ -213,6 +213,11 @@ async def test_bot_run_live_sigkill_with_a_position_open_is_adopted_at_restart(d
             await notify.wait_for("READY=1", 90)
             _set_spread(fake, live.ENTRY_SPREAD)
             await _wait(db, "SELECT status FROM positions ORDER BY id DESC LIMIT 1", "open", 30, proc, log)
+            # the row is marked open just before the event line is logged: kill after the line
+            for _ in range(100):
+                if "event=position_open" in log.read_text():
+                    break
+                await asyncio.sleep(0.1)
             proc.kill()  # SIGKILL mid-trade
             proc.wait(10)
             venue = {s: q for s, q in fake.state.positions.items() if q != 0}

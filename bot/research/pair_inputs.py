@@ -90,7 +90,7 @@ async def _read_one(db: Any, symbol: str, start: dt.datetime, end: dt.datetime) 
 
 async def fill_cache(db: Any, symbols: Sequence[str], start: dt.datetime, end: dt.datetime, directory: Path,
                      progress: Callable[[str, int], None] | None = None) -> dict[str, str]:
-    """Read the quotes of `symbols` in [start, end) once into ``directory/<symbol>.f64`` (raw
+    """Read the quotes of `symbols` in [start, end) once into ``directory/<k>.f64`` (raw
     float64 rows of CACHE_COLUMNS, ts-ascending; :func:`cache_array` maps one); the paths by
     symbol. One sequential pass over the day partitions (market.scan_quotes_by_day): one
     day of quotes in memory at a time."""
@@ -98,7 +98,7 @@ async def fill_cache(db: Any, symbols: Sequence[str], start: dt.datetime, end: d
 
     directory.mkdir(parents=True, exist_ok=True)
     names = list(symbols)
-    paths = {sym: str(directory / f"{sym}.f64") for sym in names}
+    paths = {sym: str(directory / f"{k:05d}.f64") for k, sym in enumerate(names)}  # no input in a file name
     counts = dict.fromkeys(names, 0)
     for path in paths.values():
         Path(path).write_bytes(b"")  # a symbol without quotes is an empty file

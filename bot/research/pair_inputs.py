@@ -82,12 +82,6 @@ def quotes_frame(symbol: str, arr: np.ndarray) -> pl.DataFrame:
     return pl.DataFrame(cols)
 
 
-async def _read_one(db: Any, symbol: str, start: dt.datetime, end: dt.datetime) -> np.ndarray:
-    from bot.core.db.market import read_quote_array
-
-    return await read_quote_array(db, symbol, start, end)
-
-
 async def fill_cache(db: Any, symbols: Sequence[str], start: dt.datetime, end: dt.datetime, directory: Path,
                      progress: Callable[[str, int], None] | None = None) -> dict[str, str]:
     """Read the quotes of `symbols` in [start, end) once into ``directory/<k>.f64`` (raw
@@ -151,12 +145,13 @@ def cache_array(path: str) -> np.ndarray:
 
 def load_token(ref: TokenRef) -> np.ndarray:
     """A Dask worker's read of one symbol's quotes (its own connection, closed after)."""
+    from bot.core.db.market import read_quote_array
     from bot.core.db.pool import create_pool
 
     async def go() -> np.ndarray:
         pool = await create_pool(ref.dsn, min_size=1, max_size=1)
         try:
-            return await _read_one(pool, ref.symbol, dt.datetime.fromtimestamp(ref.start, dt.UTC),
+            return await read_quote_array(pool, ref.symbol, dt.datetime.fromtimestamp(ref.start, dt.UTC),
                                    dt.datetime.fromtimestamp(ref.end, dt.UTC))
         finally:
             await pool.close()
@@ -254,25 +249,6 @@ def merge_ticks(q_ts: np.ndarray, i1: np.ndarray, i2: np.ndarray, bid_1: np.ndar
     return ts, b1, a1, b2, a2, isq
 
 
-def _bars(cfg: BotConfig, t1: str, t2: str, lo: dt.datetime, hi: dt.datetime, max_wind: int,
-          bars_long: pl.DataFrame, history: dt.timedelta | None) -> pl.DataFrame:
-    from bot.core.db.market import bars_wide, symbol_of
-
-    tf_s = tf_seconds(cfg.strategy.tf)
-    warm = max(dt.timedelta(seconds=tf_s * int(max_wind)), history or dt.timedelta(0))
-    refs = [r for r in cfg.data.reference_symbols if r not in (t1, t2)]
-    wanted = [symbol_of(t) for t in (t1, t2, *refs)]
-    long = bars_long.filter(pl.col("symbol").is_in(wanted) & (pl.col("ts") >= (lo - warm).timestamp())
-                            & (pl.col("ts") < hi.timestamp()))
-    agg = bars_wide(long, [t1, t2])
-    for r in refs:
-        part = long.filter(pl.col("symbol") == symbol_of(r)).select(
-            pl.col("ts").round().cast(pl.Int64), pl.col("close").alias(r))
-        if part.height:
-            agg = agg.join(part, on="ts", how="left")
-    return agg
-
-
 def pair_input(cfg: BotConfig, t1: str, t2: str, train_start: dt.datetime, valid: dt.datetime, end: dt.datetime,
                max_wind: int, metas: Sequence[dict[str, Any] | None], bars_long: pl.DataFrame,
                quotes_1: np.ndarray, quotes_2: np.ndarray, history: dt.timedelta | None) -> PairInput:
@@ -285,12 +261,13 @@ def pair_input(cfg: BotConfig, t1: str, t2: str, train_start: dt.datetime, valid
     PairInput built from pair_frames, array for array (tests/research/test_pair_inputs.py).
     `metas`: the instruments' rows (None: the step assumed from the first close price,
     bot.core.exchange.rounding.assumed_qty_step)."""
+    from bot.core.db.market import pair_bars
     from bot.core.exchange.rounding import assumed_qty_step
 
     s = cfg.strategy
     tf_s = tf_seconds(s.tf)
     lo, hi = train_start, end
-    agg = _bars(cfg, t1, t2, lo, hi, max_wind, bars_long, history)
+    agg = pair_bars(t1, t2, lo, hi, s.tf, max_wind, cfg.data.reference_symbols, bars_long, history)
     legs = []
     for q in (quotes_1, quotes_2):  # [lo, hi) of an ascending array: a view, no copy
         a, b = np.searchsorted(q[:, 0], [lo.timestamp(), hi.timestamp()], side="left")

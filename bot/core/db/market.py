@@ -892,17 +892,14 @@ async def load_pair_data(db: Any, token_1: str, token_2: str, start: Any, end: A
                        quiet)
 
 
-def pair_frames(token_1: str, token_2: str, start: Any, end: Any, tf: str, wind: int,
-                reference_tokens: Sequence[str], bars_long: pl.DataFrame, quotes_long: pl.DataFrame,
-                half_spread: float = 1e-4, history: dt.timedelta | None = None,
-                quiet: bool = False) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """:func:`load_pair_data` from frames already read (long bars and quotes covering the
-    window; other symbols and times are filtered out): no IO, so a worker process builds
-    a pair's window from its own copy of two tokens' quotes."""
+def pair_bars(token_1: str, token_2: str, start: Any, end: Any, tf: str, wind: int,
+              reference_tokens: Sequence[str], bars_long: pl.DataFrame,
+              history: dt.timedelta | None = None) -> pl.DataFrame:
+    """The pair's agg_df from long bars: open times in [start - max(wind * tf, history), end),
+    `time`, `ts`, the two closes inner-aligned, reference closes left-joined."""
     t1, t2 = token_of(token_1), token_of(token_2)
     lo, hi = to_utc(start), to_utc(end)
-    tf_s = tf_seconds(tf)
-    warm = max(dt.timedelta(seconds=tf_s * int(wind)), history or dt.timedelta(0))
+    warm = max(dt.timedelta(seconds=tf_seconds(tf) * int(wind)), history or dt.timedelta(0))
     refs = [r for r in reference_tokens if r not in (t1, t2)]
     wanted = [symbol_of(t) for t in (t1, t2, *refs)]
     lo_s, hi_s = (lo - warm).timestamp(), hi.timestamp()
@@ -914,6 +911,20 @@ def pair_frames(token_1: str, token_2: str, start: Any, end: Any, tf: str, wind:
         )
         if part.height:
             agg = agg.join(part, on="ts", how="left")
+    return agg
+
+
+def pair_frames(token_1: str, token_2: str, start: Any, end: Any, tf: str, wind: int,
+                reference_tokens: Sequence[str], bars_long: pl.DataFrame, quotes_long: pl.DataFrame,
+                half_spread: float = 1e-4, history: dt.timedelta | None = None,
+                quiet: bool = False) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """:func:`load_pair_data` from frames already read (long bars and quotes covering the
+    window; other symbols and times are filtered out): no IO, so a worker process builds
+    a pair's window from its own copy of two tokens' quotes."""
+    t1, t2 = token_of(token_1), token_of(token_2)
+    lo, hi = to_utc(start), to_utc(end)
+    tf_s = tf_seconds(tf)
+    agg = pair_bars(t1, t2, lo, hi, tf, wind, reference_tokens, bars_long, history)
     quotes = quotes_long.filter(pl.col("symbol").is_in([symbol_of(t1), symbol_of(t2)])
                                 & (pl.col("ts") >= lo.timestamp()) & (pl.col("ts") < hi.timestamp()))
     # a bar-close tick carries the bar's close: only bars that close inside the window
